@@ -1,0 +1,17 @@
+//! Header names shared by publishers, consumers and the dead-letter tooling.
+
+/// Set to `application/json` to publish a JSON body; anything else (or nothing) means
+/// MessagePack.
+pub const CONTENT_TYPE: &str = "Content-Type";
+pub const JSON_CONTENT_TYPE: &str = "application/json";
+pub const MSGPACK_CONTENT_TYPE: &str = "application/msgpack";
+
+/// Why a message was dead-lettered, in words.
+pub const DEADLETTER_REASON: &str = "Tracely-Reason";
+/// Machine-readable class of the failure (`decode`, `invalid`, `subject`, `max_deliver`, ...).
+pub const DEADLETTER_KIND: &str = "Tracely-Reason-Kind";
+pub const DEADLETTER_SUBJECT: &str = "Tracely-Original-Subject";
+pub const DEADLETTER_STREAM: &str = "Tracely-Original-Stream";
+pub const DEADLETTER_SEQUENCE: &str = "Tracely-Original-Sequence";
+pub const DEADLETTER_CONSUMER: &str = "Tracely-Consumer";
+pub const DEADLETTER_DELIVERED: &str = "Tracely-Delivered";

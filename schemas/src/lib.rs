@@ -1,0 +1,21 @@
+//! The vocabulary every Tracely component shares: the metric sample as it travels on
+//! `metrics.<service_id>.<metric_type>` ([`sample`]), the subjects themselves ([`subject`]),
+//! series identity ([`series`]), the incident transitions carried on the INCIDENTS stream and
+//! the enums they use ([`incident`]), and the header names both sides agree on ([`headers`]).
+//!
+//! Everything here is plain data and pure functions, so publishers, consumers and the API decode
+//! and validate exactly the same way.
+
+pub mod headers;
+pub mod incident;
+pub mod raw;
+pub mod sample;
+pub mod series;
+pub mod subject;
+
+pub use incident::{
+    IncidentSnapshot, IncidentStatus, IncidentTransition, Operator, Severity, Source,
+    TransitionKind,
+};
+pub use sample::{DecodeError, Encoding, FieldError, MetricSample};
+pub use subject::SubjectError;
