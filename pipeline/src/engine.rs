@@ -61,7 +61,8 @@ impl Engine {
             ids.sort_unstable();
         }
         let rules = &self.rules;
-        self.episodes.retain(|(rule_id, _), _| rules.contains_key(rule_id));
+        self.episodes
+            .retain(|(rule_id, _), _| rules.contains_key(rule_id));
     }
 
     /// Restores open episodes, for example from the unresolved incidents after a restart.
@@ -96,7 +97,9 @@ impl Engine {
             }
             let key = (
                 rule.id,
-                series_key.get_or_insert_with(|| sample.series_key()).clone(),
+                series_key
+                    .get_or_insert_with(|| sample.series_key())
+                    .clone(),
             );
             let source = self.source.unwrap_or(Source::Live);
             let violated = rule.violated_by(sample.value);
@@ -278,10 +281,17 @@ mod tests {
         );
         assert_eq!(
             kinds(&out),
-            [TransitionKind::Opened, TransitionKind::Resolved, TransitionKind::Opened]
+            [
+                TransitionKind::Opened,
+                TransitionKind::Resolved,
+                TransitionKind::Opened
+            ]
         );
         assert_ne!(out[0].incident.id, out[2].incident.id);
-        assert_eq!(out[1].incident.resolved_at, Some(t0() + Duration::seconds(1)));
+        assert_eq!(
+            out[1].incident.resolved_at,
+            Some(t0() + Duration::seconds(1))
+        );
         assert_eq!(engine.open_episodes(), 1);
     }
 

@@ -26,7 +26,10 @@ mod tests {
         let a = incident_id(rule, "S1:LATENCY_MS", t);
         assert_eq!(a, incident_id(rule, "S1:LATENCY_MS", t));
         assert_ne!(a, incident_id(rule, "S2:LATENCY_MS", t));
-        assert_ne!(a, incident_id(rule, "S1:LATENCY_MS", t + chrono::Duration::milliseconds(1)));
+        assert_ne!(
+            a,
+            incident_id(rule, "S1:LATENCY_MS", t + chrono::Duration::milliseconds(1))
+        );
         assert_ne!(a, incident_id(Uuid::from_u128(8), "S1:LATENCY_MS", t));
         assert_eq!(a.get_version_num(), 5);
     }

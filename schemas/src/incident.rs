@@ -13,6 +13,14 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// A text value that is not one of an enum's spellings.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{found:?} is not one of {}", expected.join(", "))]
+pub struct ParseEnumError {
+    pub found: String,
+    pub expected: &'static [&'static str],
+}
+
 macro_rules! string_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$m])*
@@ -36,15 +44,22 @@ macro_rules! string_enum {
         }
 
         impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = ParseEnumError;
+            fn from_str(s: &str) -> Result<Self, ParseEnumError> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(format!(
-                        "must be one of {}",
-                        [$($text),+].join(", ")
-                    )),
+                    _ => Err(ParseEnumError {
+                        found: s.to_owned(),
+                        expected: &[$($text),+],
+                    }),
                 }
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ParseEnumError;
+            fn try_from(s: String) -> Result<Self, ParseEnumError> {
+                s.parse()
             }
         }
     };
@@ -145,7 +160,10 @@ impl IncidentTransition {
     pub fn message_id(&self) -> String {
         match self.kind {
             TransitionKind::Updated => {
-                format!("{}:updated:{}", self.incident.id, self.incident.violation_count)
+                format!(
+                    "{}:updated:{}",
+                    self.incident.id, self.incident.violation_count
+                )
             }
             kind => format!("{}:{}", self.incident.id, kind),
         }

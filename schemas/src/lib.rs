@@ -14,8 +14,8 @@ pub mod series;
 pub mod subject;
 
 pub use incident::{
-    IncidentSnapshot, IncidentStatus, IncidentTransition, Operator, Severity, Source,
-    TransitionKind,
+    IncidentSnapshot, IncidentStatus, IncidentTransition, Operator, ParseEnumError, Severity,
+    Source, TransitionKind,
 };
 pub use sample::{DecodeError, Encoding, FieldError, MetricSample};
 pub use subject::SubjectError;

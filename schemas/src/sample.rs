@@ -228,8 +228,10 @@ pub fn validate_service_id(s: &str) -> Result<(), String> {
 
 /// `[A-Z0-9_]{1,64}`, such as `LATENCY_MS`.
 pub fn validate_metric_type(s: &str) -> Result<(), String> {
-    validate_token(s, |b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-        .map_err(|()| "must match [A-Z0-9_]{1,64}".to_owned())
+    validate_token(s, |b| {
+        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'
+    })
+    .map_err(|()| "must match [A-Z0-9_]{1,64}".to_owned())
 }
 
 fn validate_token(s: &str, allowed: impl Fn(u8) -> bool) -> Result<(), ()> {
@@ -256,10 +258,7 @@ fn parse_value(raw: Option<RawValue>) -> Result<f64, FieldError> {
     if v.is_finite() {
         Ok(v)
     } else {
-        Err(FieldError::new(
-            "value",
-            format!("must be finite, got {v}"),
-        ))
+        Err(FieldError::new("value", format!("must be finite, got {v}")))
     }
 }
 
@@ -435,17 +434,50 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (r#"{"metric_type":"X","value":1,"recorded_at":0}"#, "service_id"),
-            (r#"{"service_id":"a.b","metric_type":"X","value":1,"recorded_at":0}"#, "service_id"),
-            (r#"{"service_id":"S","metric_type":"lat","value":1,"recorded_at":0}"#, "metric_type"),
-            (r#"{"service_id":"S","metric_type":"X","value":"1","recorded_at":0}"#, "value"),
-            (r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":"yesterday"}"#, "recorded_at"),
-            (r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":-5}"#, "recorded_at"),
-            (r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":1.5}"#, "recorded_at"),
-            (r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":0,"id":""}"#, "id"),
-            (r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":0,"labels":{"a":1}}"#, "labels.a"),
-            (r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":0,"labels":{"9x":"v"}}"#, "labels.9x"),
-            (r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":0,"colour":"red"}"#, "colour"),
+            (
+                r#"{"metric_type":"X","value":1,"recorded_at":0}"#,
+                "service_id",
+            ),
+            (
+                r#"{"service_id":"a.b","metric_type":"X","value":1,"recorded_at":0}"#,
+                "service_id",
+            ),
+            (
+                r#"{"service_id":"S","metric_type":"lat","value":1,"recorded_at":0}"#,
+                "metric_type",
+            ),
+            (
+                r#"{"service_id":"S","metric_type":"X","value":"1","recorded_at":0}"#,
+                "value",
+            ),
+            (
+                r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":"yesterday"}"#,
+                "recorded_at",
+            ),
+            (
+                r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":-5}"#,
+                "recorded_at",
+            ),
+            (
+                r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":1.5}"#,
+                "recorded_at",
+            ),
+            (
+                r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":0,"id":""}"#,
+                "id",
+            ),
+            (
+                r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":0,"labels":{"a":1}}"#,
+                "labels.a",
+            ),
+            (
+                r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":0,"labels":{"9x":"v"}}"#,
+                "labels.9x",
+            ),
+            (
+                r#"{"service_id":"S","metric_type":"X","value":1,"recorded_at":0,"colour":"red"}"#,
+                "colour",
+            ),
         ];
         for (body, field) in cases {
             assert_eq!(json(body).unwrap_err().field(), Some(field), "{body}");
@@ -474,14 +506,16 @@ mod tests {
             proptest::option::of("[!-~]{1,128}"),
             proptest::collection::btree_map("[a-z_][a-z0-9_]{0,10}", "[ -~]{0,40}", 0..4),
         )
-            .prop_map(|(service_id, metric_type, value, ms, id, labels)| MetricSample {
-                service_id,
-                metric_type,
-                value,
-                recorded_at: Utc.timestamp_millis_opt(ms).unwrap(),
-                id,
-                labels,
-            })
+            .prop_map(
+                |(service_id, metric_type, value, ms, id, labels)| MetricSample {
+                    service_id,
+                    metric_type,
+                    value,
+                    recorded_at: Utc.timestamp_millis_opt(ms).unwrap(),
+                    id,
+                    labels,
+                },
+            )
     }
 
     proptest! {

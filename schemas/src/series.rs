@@ -6,7 +6,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 /// `S1:LATENCY_MS` or, with labels, `S1:LATENCY_MS{host="a",region="eu"}` (labels sorted).
-pub fn series_key(service_id: &str, metric_type: &str, labels: &BTreeMap<String, String>) -> String {
+pub fn series_key(
+    service_id: &str,
+    metric_type: &str,
+    labels: &BTreeMap<String, String>,
+) -> String {
     let mut key = format!("{service_id}:{metric_type}");
     if !labels.is_empty() {
         key.push('{');
@@ -47,7 +51,10 @@ mod tests {
 
     #[test]
     fn key_is_canonical_and_escaped() {
-        assert_eq!(series_key("S1", "LATENCY_MS", &BTreeMap::new()), "S1:LATENCY_MS");
+        assert_eq!(
+            series_key("S1", "LATENCY_MS", &BTreeMap::new()),
+            "S1:LATENCY_MS"
+        );
         let labels = BTreeMap::from([
             ("region".to_owned(), "eu".to_owned()),
             ("host".to_owned(), "a\"b".to_owned()),

@@ -57,12 +57,18 @@ mod tests {
 
     #[test]
     fn rejects_malformed_subjects() {
-        assert!(matches!(parse_metrics_subject("metrics.S1"), Err(SubjectError::Shape(_))));
+        assert!(matches!(
+            parse_metrics_subject("metrics.S1"),
+            Err(SubjectError::Shape(_))
+        ));
         assert!(matches!(
             parse_metrics_subject("metrics.S1.LATENCY_MS.extra"),
             Err(SubjectError::Shape(_))
         ));
-        assert!(matches!(parse_metrics_subject("other.S1.X"), Err(SubjectError::Shape(_))));
+        assert!(matches!(
+            parse_metrics_subject("other.S1.X"),
+            Err(SubjectError::Shape(_))
+        ));
         assert!(matches!(
             parse_metrics_subject("metrics.S1.latency"),
             Err(SubjectError::MetricType { .. })

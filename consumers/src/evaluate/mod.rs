@@ -1,0 +1,317 @@
+//! The `evaluate` consumer: METRICS samples through the rules engine, incident transitions out
+//! to INCIDENTS.
+//!
+//! It keeps stream order, which the engine's per-series state depends on. Before it starts
+//! pulling it restores the engine's open episodes from Postgres, after waiting until `record`
+//! has applied every published transition, and, if a previous process died holding messages,
+//! re-creates its durable consumer at the ack floor so those messages come back in order.
+//! Samples a restored episode already counted are recognised by stream sequence and skipped.
+
+pub mod handler;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::DeliverPolicy, message::PublishMessage};
+use pipeline::{Engine, Rule};
+use schemas::IncidentTransition;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::jetstream::{
+    ack_all, error_kind_label, extend_ack_wait, is_terminal, next_batch, retry_until_stopped,
+    DeadLetters,
+};
+use crate::telemetry;
+use crate::topology::{self, ConsumerSpec, Topology, INCIDENTS, METRICS};
+
+pub const CONSUMER: &str = "evaluate";
+const RECORD: &str = "record";
+
+pub struct Evaluator {
+    js: jetstream::Context,
+    pool: PgPool,
+    spec: ConsumerSpec,
+    rules: watch::Receiver<Arc<Vec<Rule>>>,
+    engine: Engine,
+    dead_letters: DeadLetters,
+    known_services: HashSet<String>,
+}
+
+impl Evaluator {
+    pub fn new(
+        js: jetstream::Context,
+        pool: PgPool,
+        topology: &Topology,
+        rules: watch::Receiver<Arc<Vec<Rule>>>,
+    ) -> Evaluator {
+        Evaluator {
+            dead_letters: DeadLetters::new(js.clone(), CONSUMER),
+            spec: topology.consumer(CONSUMER).clone(),
+            engine: Engine::default(),
+            known_services: HashSet::new(),
+            js,
+            pool,
+            rules,
+        }
+    }
+
+    /// Recovers state, then evaluates until `shutdown` fires. Fails only on errors that a
+    /// restart of the component would not fix by itself.
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if !self.recover(&shutdown).await? {
+            return Ok(());
+        }
+        let stream = self
+            .js
+            .get_stream(METRICS)
+            .await
+            .context("looking up the METRICS stream")?;
+        while !shutdown.is_cancelled() {
+            let consumer = match stream.get_consumer::<jetstream::consumer::pull::Config>(CONSUMER).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "evaluate consumer missing; re-creating it");
+                    topology::ensure_consumer(&self.js, CONSUMER, &self.spec).await.ok();
+                    pause(&shutdown, Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut messages = match consumer
+                .stream()
+                .max_messages_per_batch(self.spec.max_batch)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not start pulling; retrying");
+                    pause(&shutdown, Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return Ok(()),
+                    Ok(()) = self.rules.changed() => {
+                        let rules = self.rules.borrow_and_update().as_ref().clone();
+                        self.engine.set_rules(rules);
+                    }
+                    batch = next_batch(&mut messages, self.spec.max_batch) => {
+                        let Some(batch) = batch else { break };
+                        if !self.handle_batch(batch, &shutdown).await {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns `false` when the pull stream must be rebuilt.
+    async fn handle_batch(
+        &mut self,
+        batch: Vec<Result<jetstream::Message, jetstream::consumer::pull::MessagesError>>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let started = Instant::now();
+        let mut healthy = true;
+        let mut held = Vec::with_capacity(batch.len());
+        let mut transitions = Vec::new();
+        let mut new_services = Vec::new();
+        for item in batch {
+            let msg = match item {
+                Ok(msg) => msg,
+                Err(e) => {
+                    telemetry::stream_errors(CONSUMER, error_kind_label(&e));
+                    if is_terminal(&e) {
+                        tracing::warn!(error = %e, "pull stream ended; rebuilding it");
+                        healthy = false;
+                    } else {
+                        tracing::debug!(error = %e, "transient pull error");
+                    }
+                    continue;
+                }
+            };
+            let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
+                tracing::warn!(subject = %msg.subject, "message without JetStream metadata");
+                continue;
+            };
+            match handler::decode(&msg) {
+                Ok(sample) => {
+                    if !self.known_services.contains(&sample.service_id) {
+                        new_services.push(sample.service_id.clone());
+                    }
+                    self.engine.evaluate(&sample, seq, &mut transitions);
+                    held.push(msg);
+                }
+                Err(rejection) => self.dead_letters.reject(&msg, &rejection).await,
+            }
+        }
+        let evaluated = held.len();
+        if !new_services.is_empty() {
+            new_services.sort_unstable();
+            new_services.dedup();
+            let pool = &self.pool;
+            let services = &new_services;
+            let registered = retry_until_stopped(
+                CONSUMER,
+                "register_services",
+                shutdown,
+                || store::services::register_many(pool, services),
+                || extend_ack_wait(&held),
+            )
+            .await;
+            if registered.is_none() {
+                return false;
+            }
+            self.known_services.extend(new_services);
+        }
+        let transitions = handler::coalesce(transitions);
+        if !transitions.is_empty() {
+            let js = &self.js;
+            let published = retry_until_stopped(
+                CONSUMER,
+                "publish",
+                shutdown,
+                || publish_transitions(js, &transitions),
+                || extend_ack_wait(&held),
+            )
+            .await;
+            if published.is_none() {
+                return false;
+            }
+        }
+        ack_all(CONSUMER, &held).await;
+        telemetry::samples_evaluated(evaluated);
+        telemetry::batch_duration(CONSUMER, started.elapsed().as_secs_f64());
+        healthy
+    }
+
+    /// Prepares the engine and the consumer position. Returns `false` if stopped meanwhile.
+    async fn recover(&mut self, shutdown: &CancellationToken) -> anyhow::Result<bool> {
+        if !wait_for_record(&self.js, shutdown).await? {
+            return Ok(false);
+        }
+        let rules = self.rules.borrow_and_update().as_ref().clone();
+        self.engine.set_rules(rules);
+        let open = store::incidents::unresolved_live(&self.pool)
+            .await
+            .context("loading open incidents")?;
+        self.engine
+            .restore(open.iter().map(store::incidents::IncidentRecord::to_snapshot));
+        tracing::info!(
+            rules = self.engine.rule_count(),
+            open_episodes = self.engine.open_episodes(),
+            "evaluator state restored"
+        );
+        rewind_if_held(&self.js, &self.spec).await?;
+        Ok(true)
+    }
+}
+
+/// Waits until the `record` consumer has applied every transition published so far, so that
+/// Postgres reflects every open episode. Returns `false` if stopped meanwhile.
+async fn wait_for_record(
+    js: &jetstream::Context,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let stream = js
+        .get_stream(INCIDENTS)
+        .await
+        .context("looking up the INCIDENTS stream")?;
+    let mut last_log = Instant::now();
+    loop {
+        let info = stream
+            .consumer_info(RECORD)
+            .await
+            .context("reading the record consumer's progress")?;
+        if info.num_pending == 0 && info.num_ack_pending == 0 {
+            return Ok(true);
+        }
+        if last_log.elapsed() > Duration::from_secs(5) {
+            tracing::info!(
+                pending = info.num_pending,
+                ack_pending = info.num_ack_pending,
+                "waiting for the record consumer to catch up before restoring state"
+            );
+            last_log = Instant::now();
+        }
+        if !pause(shutdown, Duration::from_millis(100)).await {
+            return Ok(false);
+        }
+    }
+}
+
+/// If a previous process died holding unacked messages, the server would redeliver them only
+/// after `ack_wait`, behind newer ones. Re-create the consumer at its ack floor instead so
+/// every unfinished sample comes back in stream order.
+async fn rewind_if_held(js: &jetstream::Context, spec: &ConsumerSpec) -> anyhow::Result<()> {
+    let stream = js.get_stream(METRICS).await.context("looking up METRICS")?;
+    let info = match stream.consumer_info(CONSUMER).await {
+        Ok(info) => info.clone(),
+        Err(_) => {
+            topology::ensure_consumer(js, CONSUMER, spec).await?;
+            return Ok(());
+        }
+    };
+    if info.num_ack_pending == 0 {
+        return Ok(());
+    }
+    let start = info.ack_floor.stream_sequence + 1;
+    tracing::warn!(
+        held = info.num_ack_pending,
+        start_sequence = start,
+        "a previous evaluator left unacked samples; rewinding the consumer to its ack floor"
+    );
+    stream
+        .delete_consumer(CONSUMER)
+        .await
+        .context("deleting the evaluate consumer to rewind it")?;
+    let mut config = spec.to_config(CONSUMER);
+    config.deliver_policy = DeliverPolicy::ByStartSequence {
+        start_sequence: start,
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .context("re-creating the evaluate consumer at its ack floor")?;
+    Ok(())
+}
+
+/// Publishes every transition and waits for all acks; any failure fails the whole call, and
+/// the deterministic message ids make publishing them again harmless.
+async fn publish_transitions(
+    js: &jetstream::Context,
+    transitions: &[IncidentTransition],
+) -> Result<(), async_nats::Error> {
+    let mut acks = Vec::with_capacity(transitions.len());
+    for t in transitions {
+        let publish = PublishMessage::build()
+            .payload(t.to_msgpack().into())
+            .message_id(t.message_id());
+        acks.push(js.send_publish(t.subject(), publish).await?);
+    }
+    for ack in acks {
+        ack.await?;
+    }
+    for t in transitions {
+        telemetry::transitions_published(t.kind.as_str(), 1);
+    }
+    Ok(())
+}
+
+/// Sleeps unless shut down first; returns `false` on shutdown.
+async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(duration) => true,
+    }
+}

@@ -1,0 +1,222 @@
+//! Plumbing every durable consumer shares: the [`Outcome`] of handling a message and how it maps
+//! to an ack, dead-lettering, batching the pull stream, and retrying with backoff.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, AckKind};
+use async_nats::HeaderMap;
+use futures::{FutureExt, StreamExt};
+use schemas::headers;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry;
+
+/// A message that can never be handled: why, in words and as a small fixed kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// One of a small fixed set, used as a metric label.
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// What became of one message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The effect is durable: ack.
+    Done,
+    /// A transient failure: NAK with a delay that grows with the delivery count.
+    Retry,
+    /// It will never succeed: copy to DEADLETTER, then terminate.
+    Poison(Rejection),
+}
+
+/// Copies poison messages to the DEADLETTER stream with the reason in headers.
+#[derive(Clone)]
+pub struct DeadLetters {
+    js: jetstream::Context,
+    consumer: &'static str,
+}
+
+impl DeadLetters {
+    pub fn new(js: jetstream::Context, consumer: &'static str) -> DeadLetters {
+        DeadLetters { js, consumer }
+    }
+
+    /// Stores a copy of `msg` in DEADLETTER; fails when the copy could not be stored, in which
+    /// case the original must not be terminated.
+    pub async fn publish(
+        &self,
+        msg: &jetstream::Message,
+        rejection: &Rejection,
+    ) -> Result<(), async_nats::Error> {
+        let info = msg.info()?;
+        let mut headers = HeaderMap::new();
+        if let Some(original) = &msg.headers {
+            for (name, values) in original.iter() {
+                if AsRef::<str>::as_ref(name) == "Nats-Msg-Id" {
+                    continue;
+                }
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+        headers.insert(headers::DEADLETTER_REASON, one_line(&rejection.reason).as_str());
+        headers.insert(headers::DEADLETTER_KIND, rejection.kind);
+        headers.insert(headers::DEADLETTER_SUBJECT, msg.subject.as_str());
+        headers.insert(headers::DEADLETTER_STREAM, info.stream);
+        headers.insert(
+            headers::DEADLETTER_SEQUENCE,
+            info.stream_sequence.to_string().as_str(),
+        );
+        headers.insert(headers::DEADLETTER_CONSUMER, self.consumer);
+        headers.insert(
+            headers::DEADLETTER_DELIVERED,
+            info.delivered.to_string().as_str(),
+        );
+        let subject = schemas::subject::deadletter_subject(info.stream, self.consumer);
+        let publish = PublishMessage::build()
+            .headers(headers)
+            .payload(msg.payload.clone())
+            .message_id(format!(
+                "{}:{}:{}",
+                info.stream, info.stream_sequence, self.consumer
+            ));
+        self.js.send_publish(subject, publish).await?.await?;
+        telemetry::dead_lettered(self.consumer, rejection.kind);
+        tracing::warn!(
+            consumer = self.consumer,
+            subject = %msg.subject,
+            stream_seq = info.stream_sequence,
+            kind = rejection.kind,
+            reason = %rejection.reason,
+            "dead-lettered a message"
+        );
+        Ok(())
+    }
+
+    /// Dead-letters and terminates. When the copy cannot be stored the message is left
+    /// unacked, so it is delivered again rather than lost.
+    pub async fn reject(&self, msg: &jetstream::Message, rejection: &Rejection) {
+        match self.publish(msg, rejection).await {
+            Ok(()) => {
+                if let Err(e) = msg.ack_with(AckKind::Term).await {
+                    tracing::warn!(error = %e, "could not terminate a dead-lettered message");
+                }
+            }
+            Err(e) => {
+                telemetry::retried(self.consumer, "deadletter");
+                tracing::error!(error = %e, "could not dead-letter a message; it will be redelivered");
+            }
+        }
+    }
+}
+
+/// Header values must be one line.
+fn one_line(s: &str) -> String {
+    let line: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    line.chars().take(1024).collect()
+}
+
+/// Waits for at least one item, then takes whatever else is ready, up to `max`. Returns `None`
+/// when the stream has ended.
+pub async fn next_batch(
+    messages: &mut pull::Stream,
+    max: usize,
+) -> Option<Vec<Result<jetstream::Message, pull::MessagesError>>> {
+    let first = messages.next().await?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match messages.next().now_or_never() {
+            Some(Some(item)) => batch.push(item),
+            _ => break,
+        }
+    }
+    Some(batch)
+}
+
+/// Whether the pull stream must be rebuilt after this error (it will not recover by itself).
+pub fn is_terminal(err: &pull::MessagesError) -> bool {
+    use pull::MessagesErrorKind::*;
+    matches!(
+        err.kind(),
+        ConsumerDeleted | PushBasedConsumer | RequestLimitExceeded | NoResponders
+    )
+}
+
+pub fn error_kind_label(err: &pull::MessagesError) -> &'static str {
+    use pull::MessagesErrorKind::*;
+    match err.kind() {
+        MissingHeartbeat => "missing_heartbeat",
+        ConsumerDeleted => "consumer_deleted",
+        Pull => "pull",
+        PushBasedConsumer => "push_based",
+        NoResponders => "no_responders",
+        RequestLimitExceeded => "request_limit",
+        _ => "other",
+    }
+}
+
+/// Retries `attempt` with exponential backoff (100 ms doubling to 10 s) until it succeeds or
+/// `shutdown` fires. Between attempts `keep_alive` runs, for example to send `Progress` acks.
+/// Returns `None` on shutdown.
+pub async fn retry_until_stopped<T, E, F, Fut, K, KFut>(
+    consumer: &'static str,
+    stage: &'static str,
+    shutdown: &CancellationToken,
+    mut attempt: F,
+    mut keep_alive: K,
+) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    K: FnMut() -> KFut,
+    KFut: Future<Output = ()>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u32;
+    loop {
+        match attempt().await {
+            Ok(value) => {
+                if failures > 0 {
+                    tracing::info!(consumer, stage, failures, "recovered after retries");
+                }
+                return Some(value);
+            }
+            Err(e) => {
+                failures += 1;
+                telemetry::retried(consumer, stage);
+                // Log the first failure and then every tenth, not every retry.
+                if failures == 1 || failures % 10 == 0 {
+                    tracing::warn!(consumer, stage, failures, error = %e, "transient failure; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        keep_alive().await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Sends `Progress` for each held message so the server does not redeliver them while a
+/// retry is under way.
+pub async fn extend_ack_wait(messages: &[jetstream::Message]) {
+    for msg in messages {
+        let _ = msg.ack_with(AckKind::Progress).await;
+    }
+}
+
+/// Acks each message; a lost ack only means a harmless redelivery.
+pub async fn ack_all(consumer: &'static str, messages: &[jetstream::Message]) {
+    for msg in messages {
+        if let Err(e) = msg.ack().await {
+            telemetry::retried(consumer, "ack");
+            tracing::debug!(consumer, error = %e, "ack failed; the message will be redelivered");
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The `incidents` table. The pipeline writes it only through [`apply_snapshot`], which merges
+//! monotonically, so transitions may be applied twice or out of order without harm.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemas::{IncidentSnapshot, IncidentStatus, Operator, Severity, Source};
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::Page;
+
+const COLUMNS: &str = "id, rule_id, rule_name, service_id, metric_type, series_key, labels, \
+    department_id, severity, status, operator, threshold, message, value, peak_value, \
+    last_value, violation_count, opened_at, last_violation_at, acknowledged_at, in_progress_at, \
+    closed_at, resolved_at, source, last_sample_seq, created_at, updated_at";
+
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct IncidentRecord {
+    pub id: Uuid,
+    pub rule_id: Uuid,
+    pub rule_name: String,
+    pub service_id: String,
+    pub metric_type: String,
+    pub series_key: String,
+    pub labels: sqlx::types::Json<BTreeMap<String, String>>,
+    pub department_id: Option<Uuid>,
+    #[sqlx(try_from = "String")]
+    pub severity: Severity,
+    #[sqlx(try_from = "String")]
+    pub status: IncidentStatus,
+    #[sqlx(try_from = "String")]
+    pub operator: Operator,
+    pub threshold: f64,
+    pub message: String,
+    pub value: f64,
+    pub peak_value: f64,
+    pub last_value: f64,
+    pub violation_count: i64,
+    pub opened_at: DateTime<Utc>,
+    pub last_violation_at: DateTime<Utc>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub in_progress_at: Option<DateTime<Utc>>,
+    pub closed_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    #[sqlx(try_from = "String")]
+    pub source: Source,
+    #[serde(skip)]
+    pub last_sample_seq: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl IncidentRecord {
+    /// The engine-owned part of the incident, to restore an open episode.
+    pub fn to_snapshot(&self) -> IncidentSnapshot {
+        IncidentSnapshot {
+            id: self.id,
+            rule_id: self.rule_id,
+            rule_name: self.rule_name.clone(),
+            service_id: self.service_id.clone(),
+            metric_type: self.metric_type.clone(),
+            series_key: self.series_key.clone(),
+            labels: self.labels.0.clone(),
+            department_id: self.department_id,
+            severity: self.severity,
+            operator: self.operator,
+            threshold: self.threshold,
+            message: self.message.clone(),
+            value: self.value,
+            peak_value: self.peak_value,
+            last_value: self.last_value,
+            violation_count: self.violation_count.max(0) as u64,
+            opened_at: self.opened_at,
+            last_violation_at: self.last_violation_at,
+            resolved_at: self.resolved_at,
+            source: self.source,
+            last_sample_seq: self.last_sample_seq.max(0) as u64,
+        }
+    }
+}
+
+/// Filters of `GET /api/incidents`; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct IncidentFilter {
+    pub status: Option<IncidentStatus>,
+    pub severity: Option<Severity>,
+    pub service_id: Option<String>,
+    pub rule_id: Option<Uuid>,
+}
+
+/// Inserts the incident or merges the snapshot into it: counts, peaks, sequences and times only
+/// move forward, and a resolution is never undone. Returns whether the row was created.
+pub async fn apply_snapshot<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    s: &IncidentSnapshot,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO incidents (id, rule_id, rule_name, service_id, metric_type, series_key,
+             labels, department_id, severity, operator, threshold, message, value, peak_value,
+             last_value, violation_count, opened_at, last_violation_at, resolved_at, source,
+             last_sample_seq)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                 $18, $19, $20, $21)
+         ON CONFLICT (id) DO UPDATE SET
+             peak_value = CASE WHEN incidents.operator IN ('<', '<=')
+                               THEN LEAST(incidents.peak_value, EXCLUDED.peak_value)
+                               ELSE GREATEST(incidents.peak_value, EXCLUDED.peak_value) END,
+             last_value = CASE WHEN EXCLUDED.last_sample_seq >= incidents.last_sample_seq
+                               THEN EXCLUDED.last_value ELSE incidents.last_value END,
+             violation_count = GREATEST(incidents.violation_count, EXCLUDED.violation_count),
+             last_violation_at = GREATEST(incidents.last_violation_at, EXCLUDED.last_violation_at),
+             resolved_at = COALESCE(incidents.resolved_at, EXCLUDED.resolved_at),
+             last_sample_seq = GREATEST(incidents.last_sample_seq, EXCLUDED.last_sample_seq),
+             updated_at = now()
+         RETURNING (xmax = 0)",
+    )
+    .bind(s.id)
+    .bind(s.rule_id)
+    .bind(&s.rule_name)
+    .bind(&s.service_id)
+    .bind(&s.metric_type)
+    .bind(&s.series_key)
+    .bind(sqlx::types::Json(&s.labels))
+    .bind(s.department_id)
+    .bind(s.severity.as_str())
+    .bind(s.operator.as_str())
+    .bind(s.threshold)
+    .bind(&s.message)
+    .bind(s.value)
+    .bind(s.peak_value)
+    .bind(s.last_value)
+    .bind(i64::try_from(s.violation_count).unwrap_or(i64::MAX))
+    .bind(s.opened_at)
+    .bind(s.last_violation_at)
+    .bind(s.resolved_at)
+    .bind(s.source.as_str())
+    .bind(i64::try_from(s.last_sample_seq).unwrap_or(i64::MAX))
+    .fetch_one(executor)
+    .await
+}
+
+/// Unresolved live incidents: the open episodes an evaluator restores at start-up.
+pub async fn unresolved_live(pool: &PgPool) -> Result<Vec<IncidentRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM incidents WHERE resolved_at IS NULL AND source = 'live'"
+    ))
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<IncidentRecord>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM incidents WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Newest first, with the total number of matches.
+pub async fn list(
+    pool: &PgPool,
+    filter: &IncidentFilter,
+    page: Page,
+) -> Result<(Vec<IncidentRecord>, i64), sqlx::Error> {
+    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM incidents"));
+    push_filter(&mut query, filter);
+    query
+        .push(" ORDER BY opened_at DESC, id LIMIT ")
+        .push_bind(page.limit)
+        .push(" OFFSET ")
+        .push_bind(page.offset);
+    let rows = query.build_query_as().fetch_all(pool).await?;
+
+    let mut count = QueryBuilder::new("SELECT count(*) FROM incidents");
+    push_filter(&mut count, filter);
+    let total = count.build_query_scalar().fetch_one(pool).await?;
+    Ok((rows, total))
+}
+
+fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &IncidentFilter) {
+    let mut sep = " WHERE ";
+    let mut clause = |query: &mut QueryBuilder<'_, Postgres>, column: &str| {
+        query.push(sep).push(column).push(" = ");
+        sep = " AND ";
+    };
+    if let Some(status) = filter.status {
+        clause(query, "status");
+        query.push_bind(status.as_str());
+    }
+    if let Some(severity) = filter.severity {
+        clause(query, "severity");
+        query.push_bind(severity.as_str());
+    }
+    if let Some(service_id) = &filter.service_id {
+        clause(query, "service_id");
+        query.push_bind(service_id.clone());
+    }
+    if let Some(rule_id) = filter.rule_id {
+        clause(query, "rule_id");
+        query.push_bind(rule_id);
+    }
+}
