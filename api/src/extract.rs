@@ -1,0 +1,165 @@
+//! Extractors whose rejections use the API's error envelope and name the offending field.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::str::FromStr;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use store::Page;
+
+use crate::error::ApiError;
+
+/// A JSON body. Malformed JSON is a 400; a body of the wrong shape is a 422 whose details name
+/// the field path, such as `threshold`.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim() == "application/json")
+            });
+        if !is_json {
+            return Err(ApiError::bad_request(
+                "expected a JSON body with Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Deserializes JSON, reporting the path of the field that failed.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.classify() == serde_json::error::Category::Data {
+            let message = strip_position(&inner.to_string());
+            if path == "." {
+                ApiError::Validation {
+                    message: message.clone(),
+                    details: json!([{ "field": null, "message": message }]),
+                }
+            } else {
+                ApiError::invalid_field(path, message)
+            }
+        } else {
+            ApiError::bad_request(format!("malformed JSON: {inner}"))
+        }
+    })
+}
+
+/// serde_json appends "at line 1 column 20"; the field path says more.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+/// Query-string parameters, taken one by one by name so that errors name the parameter, and
+/// unknown parameters are refused.
+pub struct Params {
+    values: BTreeMap<String, String>,
+    known: Vec<&'static str>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+            .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+        let mut values = BTreeMap::new();
+        for (name, value) in pairs {
+            if values.insert(name.clone(), value).is_some() {
+                return Err(query_error(&name, "is given more than once"));
+            }
+        }
+        Ok(Params {
+            values,
+            known: Vec::new(),
+        })
+    }
+}
+
+impl Params {
+    /// Removes and parses one parameter; empty values count as absent.
+    pub fn take<T>(&mut self, name: &'static str) -> Result<Option<T>, ApiError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.known.push(name);
+        match self.values.remove(name) {
+            None => Ok(None),
+            Some(v) if v.is_empty() => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|e: T::Err| query_error(name, &e.to_string())),
+        }
+    }
+
+    /// `limit` (default 50, at most 1000) and `offset` (default 0).
+    pub fn page(&mut self) -> Result<Page, ApiError> {
+        let limit = self.take::<i64>("limit")?.unwrap_or(Page::DEFAULT_LIMIT);
+        if !(1..=Page::MAX_LIMIT).contains(&limit) {
+            return Err(query_error(
+                "limit",
+                &format!("must be between 1 and {}", Page::MAX_LIMIT),
+            ));
+        }
+        let offset = self.take::<i64>("offset")?.unwrap_or(0);
+        if offset < 0 {
+            return Err(query_error("offset", "must not be negative"));
+        }
+        Ok(Page { limit, offset })
+    }
+
+    /// Fails if any parameter was not taken.
+    pub fn finish(self) -> Result<(), ApiError> {
+        match self.values.keys().next() {
+            None => Ok(()),
+            Some(unknown) => Err(ApiError::BadRequest {
+                message: format!(
+                    "unknown query parameter `{unknown}`; expected one of {}",
+                    self.known.join(", ")
+                ),
+                details: json!([{ "field": unknown, "message": "unknown query parameter" }]),
+            }),
+        }
+    }
+}
+
+fn query_error(name: &str, reason: &str) -> ApiError {
+    ApiError::BadRequest {
+        message: format!("query parameter `{name}`: {reason}"),
+        details: json!([{ "field": name, "message": reason }]),
+    }
+}
+
+/// Deserializes an already-parsed JSON value, naming the failing field like [`parse_json`].
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::invalid_field(path, strip_position(&e.into_inner().to_string()))
+    })
+}

@@ -1,0 +1,68 @@
+//! Publishing validated samples to METRICS, waiting for every PubAck. Shared by
+//! `POST /api/metrics` and `tracely publish`.
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use async_nats::HeaderMap;
+use schemas::{headers, MetricSample};
+
+/// What happened to a batch that was stored completely.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// Samples stored by this call.
+    pub stored: usize,
+    /// Samples whose `id` the stream had already seen within its duplicate window.
+    pub duplicates: usize,
+}
+
+/// A batch that was not stored completely: the first `published` samples are durable, the rest
+/// may not be. Publishing the batch again is safe for samples with an `id`.
+#[derive(Debug, thiserror::Error)]
+#[error("{published} of {total} samples were stored before publishing failed: {source}")]
+pub struct PublishFailed {
+    pub published: usize,
+    pub total: usize,
+    pub source: async_nats::Error,
+}
+
+/// Publishes each sample on its subject as MessagePack, with its `id` as `Nats-Msg-Id`, and
+/// waits for all acknowledgements.
+pub async fn publish_samples(
+    js: &jetstream::Context,
+    samples: &[MetricSample],
+) -> Result<Published, PublishFailed> {
+    let mut acks = Vec::with_capacity(samples.len());
+    let fail = |published, source| PublishFailed {
+        published,
+        total: samples.len(),
+        source,
+    };
+    for sample in samples {
+        let ack = js
+            .send_publish(sample.subject(), message(sample))
+            .await
+            .map_err(|e| fail(0, e.into()))?;
+        acks.push(ack);
+    }
+    let mut result = Published::default();
+    for (i, ack) in acks.into_iter().enumerate() {
+        let ack = ack.await.map_err(|e| fail(i, e.into()))?;
+        if ack.duplicate {
+            result.duplicates += 1;
+        } else {
+            result.stored += 1;
+        }
+    }
+    Ok(result)
+}
+
+fn message(sample: &MetricSample) -> PublishMessage {
+    let mut headers = HeaderMap::new();
+    headers.insert(headers::CONTENT_TYPE, headers::MSGPACK_CONTENT_TYPE);
+    let publish = PublishMessage::build()
+        .headers(headers)
+        .payload(sample.to_msgpack().into());
+    match &sample.id {
+        Some(id) => publish.message_id(id),
+        None => publish,
+    }
+}

@@ -1,0 +1,85 @@
+//! `POST /api/metrics`: one sample or an array, validated as a whole, then published to
+//! JetStream. 202 means every sample is durably in the METRICS stream.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use schemas::MetricSample;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::publish::publish_samples;
+use crate::AppState;
+
+/// Most samples accepted in one request.
+pub const MAX_SAMPLES_PER_REQUEST: usize = 10_000;
+
+pub async fn publish(
+    State(state): State<AppState>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let samples = validate(body)?;
+    let published = publish_samples(&state.js, &samples).await.map_err(|e| {
+        tracing::warn!(error = %e, "publishing samples failed");
+        ApiError::Unavailable {
+            message: format!("could not publish to JetStream: {}", e.source),
+            details: json!({ "published": e.published, "total": e.total }),
+        }
+    })?;
+    let body = json!({ "data": {
+        "accepted": samples.len(),
+        "stored": published.stored,
+        "duplicates": published.duplicates,
+    }});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// All or nothing: any invalid sample rejects the request, and every problem is listed with its
+/// index and field.
+fn validate(body: Value) -> Result<Vec<MetricSample>, ApiError> {
+    let (items, is_array) = match body {
+        Value::Array(items) => (items, true),
+        single => (vec![single], false),
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid_field("body", "the array is empty"));
+    }
+    if items.len() > MAX_SAMPLES_PER_REQUEST {
+        return Err(ApiError::invalid_field(
+            "body",
+            format!("at most {MAX_SAMPLES_PER_REQUEST} samples per request"),
+        ));
+    }
+    let mut samples = Vec::with_capacity(items.len());
+    let mut problems = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match MetricSample::from_json(item) {
+            Ok(sample) => samples.push(sample),
+            Err(e) => problems.push(json!({
+                "index": if is_array { Some(index) } else { None },
+                "field": e.field(),
+                "message": e.to_string(),
+            })),
+        }
+    }
+    if problems.is_empty() {
+        return Ok(samples);
+    }
+    let first = problems[0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    Err(ApiError::Validation {
+        message: if is_array {
+            format!(
+                "{} of the samples are invalid; first: {first}",
+                problems.len()
+            )
+        } else {
+            first
+        },
+        details: Value::Array(problems),
+    })
+}

@@ -1,0 +1,84 @@
+//! `tracely dev`: the whole system on one machine with nothing installed but the binaries.
+//! Starts nats-server and Postgres as child processes with data under the data directory,
+//! runs every role, writes `dev.env` for other programs, and stops everything on Ctrl-C.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::config::{DevArgs, Role};
+use crate::devstack::{NatsServer, Postgres};
+use crate::shutdown;
+use crate::startup::{Application, Settings};
+
+pub const DEV_ENV_FILE: &str = "dev.env";
+const DATABASE: &str = "tracely";
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let data_dir = &args.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let data_dir = data_dir
+        .canonicalize()
+        .context("resolving the data directory")?;
+    let topology = args.serve.load_topology()?;
+
+    tracing::info!(dir = %data_dir.display(), "starting nats-server");
+    let nats = NatsServer::start(&data_dir.join("nats")).await?;
+    tracing::info!(dir = %data_dir.display(), "starting Postgres");
+    let postgres = Postgres::start(&data_dir.join("postgres"), false).await?;
+    let database_url = postgres.create_database(DATABASE).await?;
+
+    let settings = Settings {
+        nats_url: nats.url(),
+        database_url: database_url.clone(),
+        roles: Role::ALL.to_vec(),
+        http_addr: args.serve.http_addr,
+        topology,
+        db_max_connections: args.serve.db_max_connections,
+        shutdown_timeout: Duration::from_secs(args.serve.shutdown_timeout_secs),
+    };
+    let result = async {
+        let app = Application::build(settings).await?;
+        let addr = app.http_addr().context("the API role has no listener")?;
+        let env_file = data_dir.join(DEV_ENV_FILE);
+        write_dev_env(&env_file, &nats.url(), &database_url)?;
+        print_banner(&addr.to_string(), &env_file, &nats.url(), &database_url);
+        app.run_until_stopped(shutdown::on_signal()).await
+    }
+    .await;
+
+    tracing::info!("stopping the local stack");
+    let stopped = tokio::join!(postgres.stop(), nats.stop());
+    if let Err(e) = stopped.0 {
+        tracing::warn!(error = %format!("{e:#}"), "Postgres did not stop cleanly");
+    }
+    if let Err(e) = stopped.1 {
+        tracing::warn!(error = %format!("{e:#}"), "nats-server did not stop cleanly");
+    }
+    result
+}
+
+fn write_dev_env(path: &Path, nats_url: &str, database_url: &str) -> anyhow::Result<()> {
+    let text = format!(
+        "# Written by `tracely dev`: how to reach the local stack.\n\
+         TRACELY_NATS_URL={nats_url}\nDATABASE_URL={database_url}\n"
+    );
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_banner(addr: &str, env_file: &Path, nats_url: &str, database_url: &str) {
+    println!(
+        "\nTracely is running.\n\
+         \n  Dashboard   http://{addr}/\
+         \n  REST API    http://{addr}/api/incidents\
+         \n  Health      http://{addr}/ready\
+         \n  Metrics     http://{addr}/metrics\
+         \n  NATS        {nats_url}\
+         \n  Postgres    {database_url}\
+         \n\nConnection settings are in {} (other tracely commands read it).\
+         \nPress Ctrl-C to stop.\n",
+        env_file.display()
+    );
+}

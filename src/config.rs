@@ -1,0 +1,253 @@
+//! The typed settings tree: command-line flags, each with an environment variable of the same
+//! meaning. Unknown `TRACELY_*` variables are refused so a typo never silently falls back to a
+//! default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use consumers::Topology;
+
+/// Every environment variable Tracely reads.
+pub const ENV_VARS: &[&str] = &[
+    "TRACELY_NATS_URL",
+    "DATABASE_URL",
+    "TRACELY_HTTP_ADDR",
+    "TRACELY_TOPOLOGY",
+    "TRACELY_ROLES",
+    "TRACELY_DB_MAX_CONNECTIONS",
+    "TRACELY_SHUTDOWN_TIMEOUT_SECS",
+    "TRACELY_DATA_DIR",
+    "TRACELY_LOG_FORMAT",
+    "TRACELY_NATS_SERVER_BIN",
+    "TRACELY_PG_BIN_DIR",
+    "RUST_LOG",
+];
+
+/// Where `tracely dev` keeps its data when not told otherwise.
+pub const DEFAULT_DATA_DIR: &str = ".tracely";
+/// The topology file used when it exists and none is configured.
+pub const DEFAULT_TOPOLOGY: &str = "nats/topology.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "tracely", version, about = "Streaming service-quality monitor")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log output format.
+    #[arg(
+        long,
+        global = true,
+        env = "TRACELY_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a local stack: private nats-server and Postgres as child processes, every role,
+    /// and the HTTP API.
+    Dev(DevArgs),
+    /// Run the chosen roles against externally configured NATS and Postgres.
+    Run(RunArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Publish samples from a CSV or NDJSON file to the METRICS stream.
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory for the local stack's data (NATS store, Postgres cluster, dev.env).
+    #[arg(long, env = "TRACELY_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// NATS server URL, e.g. nats://127.0.0.1:4222.
+    #[arg(long, env = "TRACELY_NATS_URL")]
+    pub nats_url: String,
+
+    /// Postgres URL, e.g. postgres://user:pass@host:5432/tracely.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Roles to run in this process, comma-separated.
+    #[arg(
+        long,
+        env = "TRACELY_ROLES",
+        value_delimiter = ',',
+        default_value = "evaluate,record,api"
+    )]
+    pub roles: Vec<Role>,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Settings shared by `dev` and `run`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address the HTTP API listens on; port 0 picks a free port.
+    #[arg(long, env = "TRACELY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+
+    /// JetStream topology file. Defaults to nats/topology.toml when it exists, else the copy
+    /// built into the binary.
+    #[arg(long, env = "TRACELY_TOPOLOGY")]
+    pub topology: Option<PathBuf>,
+
+    /// Most Postgres connections this process opens.
+    #[arg(long, env = "TRACELY_DB_MAX_CONNECTIONS", default_value_t = 10)]
+    pub db_max_connections: u32,
+
+    /// How long shutdown waits for components to finish what they hold.
+    #[arg(long, env = "TRACELY_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Postgres URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// CSV (header service_id,metric_type,value,recorded_at[,id]) or NDJSON file; `-` reads
+    /// standard input.
+    #[arg(long, short)]
+    pub file: PathBuf,
+
+    /// File format; guessed from the extension when omitted (.csv, .ndjson, .jsonl).
+    #[arg(long)]
+    pub format: Option<FileFormat>,
+
+    /// NATS server URL.
+    #[arg(long, env = "TRACELY_NATS_URL")]
+    pub nats_url: String,
+
+    /// Samples published per round of acknowledgements.
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FileFormat {
+    Csv,
+    Ndjson,
+}
+
+/// A part of the system that a process can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum Role {
+    /// The evaluate consumer (METRICS → INCIDENTS).
+    Evaluate,
+    /// The record consumer (INCIDENTS → Postgres).
+    Record,
+    /// The HTTP API.
+    Api,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Evaluate, Role::Record, Role::Api];
+}
+
+impl ServeArgs {
+    /// Reads the topology file, or falls back to the built-in copy when none is configured and
+    /// the default file does not exist. Fails on an unreadable or invalid file.
+    pub fn load_topology(&self) -> anyhow::Result<Topology> {
+        let (path, explicit) = match &self.topology {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(DEFAULT_TOPOLOGY), false),
+        };
+        if !explicit && !path.exists() {
+            tracing::info!("using the built-in JetStream topology");
+            return Ok(Topology::built_in());
+        }
+        tracing::info!(path = %path.display(), "using JetStream topology file");
+        Topology::load(&path).context("loading the JetStream topology")
+    }
+}
+
+/// Refuses `TRACELY_*` variables this version does not know.
+pub fn reject_unknown_env() -> anyhow::Result<()> {
+    let unknown: Vec<String> = std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("TRACELY_") && !ENV_VARS.contains(&k.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "unknown environment variable(s): {}; known ones are {}",
+            unknown.join(", "),
+            ENV_VARS.join(", ")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_env_var_the_cli_reads_is_listed() {
+        fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    out.push(env.to_string_lossy().into_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, out);
+            }
+        }
+        let mut names = Vec::new();
+        walk(&Cli::command(), &mut names);
+        for name in names {
+            assert!(
+                ENV_VARS.contains(&name.as_str()),
+                "{name} missing from ENV_VARS"
+            );
+        }
+    }
+
+    #[test]
+    fn roles_parse_from_a_list() {
+        let cli = Cli::try_parse_from([
+            "tracely",
+            "run",
+            "--nats-url",
+            "nats://x",
+            "--database-url",
+            "postgres://x",
+            "--roles",
+            "evaluate,api",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(run.roles, [Role::Evaluate, Role::Api]);
+    }
+}

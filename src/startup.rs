@@ -1,0 +1,235 @@
+//! Wires the parts together: connects to NATS and Postgres, migrates, applies the JetStream
+//! topology, binds the HTTP listener, and runs the chosen roles until shutdown.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use async_nats::jetstream;
+use consumers::evaluate::Evaluator;
+use consumers::record::Recorder;
+use consumers::Topology;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Role;
+
+/// How long start-up waits for NATS and Postgres to answer before giving up.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Everything needed to start a process, already parsed and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub nats_url: String,
+    pub database_url: String,
+    pub roles: Vec<Role>,
+    pub http_addr: SocketAddr,
+    pub topology: Topology,
+    pub db_max_connections: u32,
+    pub shutdown_timeout: Duration,
+}
+
+/// A connected, migrated process ready to run its roles.
+pub struct Application {
+    settings: Settings,
+    nats: async_nats::Client,
+    js: jetstream::Context,
+    pool: PgPool,
+    listener: Option<TcpListener>,
+}
+
+impl Application {
+    /// Connects, migrates, applies the topology and binds the listener. Fails when a
+    /// dependency stays unreachable for 30 seconds, when the server is too old, or when the
+    /// address cannot be bound.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let nats = connect_nats(&settings.nats_url).await?;
+        let js = jetstream::new(nats.clone());
+        let pool = store::connect_lazy(&settings.database_url, settings.db_max_connections)
+            .context("invalid DATABASE_URL")?;
+        migrate_when_reachable(&pool).await?;
+        consumers::topology::apply(&js, &nats.server_info().version, &settings.topology)
+            .await
+            .context("applying the JetStream topology")?;
+        let listener = if settings.roles.contains(&Role::Api) {
+            let listener = TcpListener::bind(settings.http_addr)
+                .await
+                .with_context(|| format!("binding the HTTP listener to {}", settings.http_addr))?;
+            Some(listener)
+        } else {
+            None
+        };
+        Ok(Application {
+            settings,
+            nats,
+            js,
+            pool,
+            listener,
+        })
+    }
+
+    /// The bound HTTP address (with the real port when configured with port 0).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs every role until `shutdown` fires or one of them fails; then stops the others
+    /// and waits for them to finish what they hold.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            settings,
+            nats,
+            js,
+            pool,
+            listener,
+        } = self;
+        let stop = shutdown.child_token();
+        let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+        if settings.roles.contains(&Role::Evaluate) {
+            let rules = consumers::rules::watch(pool.clone(), stop.clone())
+                .await
+                .context("loading rules")?;
+            let evaluator = Evaluator::new(js.clone(), pool.clone(), &settings.topology, rules);
+            let token = stop.clone();
+            tasks.spawn(async move { ("evaluate", evaluator.run_until_stopped(token).await) });
+        }
+        if settings.roles.contains(&Role::Record) {
+            let recorder = Recorder::new(js.clone(), pool.clone(), &settings.topology);
+            let token = stop.clone();
+            tasks.spawn(async move { ("record", recorder.run_until_stopped(token).await) });
+        }
+        if let Some(listener) = listener {
+            let state = api::AppState {
+                pool: pool.clone(),
+                nats: nats.clone(),
+                js: js.clone(),
+                metrics: api::telemetry::prometheus(),
+                ready_timeout: Duration::from_secs(2),
+            };
+            let token = stop.clone();
+            tasks.spawn(async move {
+                let served = axum::serve(listener, api::app(state))
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+                    .context("serving HTTP");
+                ("api", served)
+            });
+        }
+        tracing::info!(roles = ?settings.roles, "running");
+
+        let mut failure = None;
+        if let Some(first) = tasks.join_next().await {
+            let (name, result) = first.context("a component panicked")?;
+            if stop.is_cancelled() {
+                tracing::info!(component = name, "stopped");
+            } else {
+                let reason = match &result {
+                    Ok(()) => "it returned".to_owned(),
+                    Err(e) => format!("{e:#}"),
+                };
+                tracing::error!(component = name, reason, "component stopped unexpectedly");
+                failure = Some(anyhow::anyhow!("{name} stopped unexpectedly: {reason}"));
+            }
+            stop.cancel();
+        }
+        let deadline = Instant::now() + settings.shutdown_timeout;
+        while let Ok(Some(joined)) =
+            tokio::time::timeout_at(deadline.into(), tasks.join_next()).await
+        {
+            match joined {
+                Ok((name, Err(e))) => {
+                    tracing::warn!(component = name, error = %format!("{e:#}"), "component failed while stopping")
+                }
+                Ok((name, Ok(()))) => tracing::info!(component = name, "stopped"),
+                Err(e) => tracing::warn!(error = %e, "component panicked while stopping"),
+            }
+        }
+        if !tasks.is_empty() {
+            tracing::warn!(
+                left = tasks.len(),
+                "shutdown timed out; abandoning components"
+            );
+            tasks.abort_all();
+        }
+        // Acks and publishes still buffered in the client.
+        let _ = tokio::time::timeout(Duration::from_secs(5), nats.flush()).await;
+        pool.close().await;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Connects to NATS, retrying for a while so a server that is still starting is waited for.
+pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    let deadline = Instant::now() + CONNECT_PATIENCE;
+    let mut logged = false;
+    loop {
+        let options = async_nats::ConnectOptions::new()
+            .name("tracely")
+            .connection_timeout(Duration::from_secs(5));
+        match options.connect(url).await {
+            Ok(client) => return Ok(client),
+            Err(e) if Instant::now() < deadline => {
+                if !logged {
+                    tracing::warn!(url, error = %e, "NATS not reachable yet; retrying");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("connecting to NATS at {url} (set TRACELY_NATS_URL or --nats-url)")
+                })
+            }
+        }
+    }
+}
+
+/// Applies migrations, waiting for the database to accept connections.
+async fn migrate_when_reachable(pool: &PgPool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + CONNECT_PATIENCE;
+    let mut logged = false;
+    loop {
+        match store::ping(pool).await {
+            Ok(()) => break,
+            Err(e) if Instant::now() < deadline => {
+                if !logged {
+                    tracing::warn!(error = %e, "Postgres not reachable yet; retrying");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => {
+                return Err(e)
+                    .context("connecting to Postgres (set DATABASE_URL or --database-url)")
+            }
+        }
+    }
+    store::migrate(pool)
+        .await
+        .context("applying database migrations")
+}
+
+/// Migrates and exits (`tracely migrate`).
+pub async fn migrate_only(database_url: &str) -> anyhow::Result<()> {
+    let pool = store::connect_lazy(database_url, 2).context("invalid DATABASE_URL")?;
+    migrate_when_reachable(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Checks that roles were chosen at all.
+pub fn validate_roles(roles: &[Role]) -> anyhow::Result<()> {
+    if roles.is_empty() {
+        bail!("no roles chosen; use --roles with some of evaluate, record, api");
+    }
+    Ok(())
+}

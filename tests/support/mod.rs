@@ -1,0 +1,227 @@
+//! Shared integration-test harness: each test gets its own nats-server and Postgres cluster
+//! (on free ports, in temp directories, stopped on drop) and runs Tracely in-process or as a
+//! child process.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use schemas::MetricSample;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tempfile::TempDir;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracely::config::Role;
+use tracely::devstack::{NatsServer, Postgres};
+use tracely::startup::{Application, Settings};
+
+/// A private nats-server and Postgres for one test.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub postgres: Postgres,
+    pub database_url: String,
+    pub dir: TempDir,
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let dir = tempfile::Builder::new()
+            .prefix("tracely-test-")
+            .tempdir()
+            .expect("creating a temp dir");
+        let nats = NatsServer::start(&dir.path().join("nats"))
+            .await
+            .expect("starting nats-server");
+        let postgres = Postgres::start_from_template(&dir.path().join("postgres"))
+            .await
+            .expect("starting Postgres");
+        let database_url = postgres
+            .create_database("tracely")
+            .await
+            .expect("creating the database");
+        Stack {
+            nats,
+            postgres,
+            database_url,
+            dir,
+        }
+    }
+
+    pub fn settings(&self, roles: &[Role]) -> Settings {
+        Settings {
+            nats_url: self.nats.url(),
+            database_url: self.database_url.clone(),
+            roles: roles.to_vec(),
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            topology: consumers::Topology::built_in(),
+            db_max_connections: 5,
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub async fn js(&self) -> jetstream::Context {
+        let client = async_nats::connect(self.nats.url())
+            .await
+            .expect("connecting to nats");
+        jetstream::new(client)
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.database_url)
+            .await
+            .expect("connecting to Postgres")
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Tracely running in this process.
+pub struct App {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl App {
+    pub async fn start(stack: &Stack) -> App {
+        App::start_with(stack.settings(&Role::ALL)).await
+    }
+
+    pub async fn start_with(settings: Settings) -> App {
+        let app = Application::build(settings)
+            .await
+            .expect("building the application");
+        let addr = app
+            .http_addr()
+            .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap());
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        App {
+            addr,
+            http: reqwest::Client::new(),
+            shutdown,
+            handle,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self.http.get(self.url(path)).send().await.expect("GET");
+        decode(response).await
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("POST");
+        decode(response).await
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .patch(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("PATCH");
+        decode(response).await
+    }
+
+    /// Creates a rule and returns its id.
+    pub async fn rule(&self, body: Value) -> String {
+        let (status, created) = self.post("/api/rules", &body).await;
+        assert_eq!(status, 201, "creating rule {body}: {created}");
+        created["data"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// All incidents, newest first.
+    pub async fn incidents(&self, query: &str) -> Vec<Value> {
+        let (status, body) = self.get(&format!("/api/incidents?limit=1000{query}")).await;
+        assert_eq!(status, 200, "{body}");
+        body["data"].as_array().unwrap().clone()
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle
+            .await
+            .expect("the application task panicked")
+            .expect("the application failed");
+    }
+}
+
+async fn decode(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("reading the body");
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }))
+    };
+    (status, body)
+}
+
+pub fn sample(service: &str, metric: &str, value: f64, at: &str) -> MetricSample {
+    MetricSample {
+        service_id: service.into(),
+        metric_type: metric.into(),
+        value,
+        recorded_at: at.parse().expect("an RFC 3339 time"),
+        id: None,
+        labels: Default::default(),
+    }
+}
+
+/// Publishes samples in order and waits for every PubAck.
+pub async fn publish(js: &jetstream::Context, samples: &[MetricSample]) {
+    api::publish::publish_samples(js, samples)
+        .await
+        .expect("publishing samples");
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until both consumers have handled everything in their streams.
+pub async fn drained(js: &jetstream::Context, timeout: Duration) {
+    eventually("the consumers to drain", timeout, || async {
+        for (stream, consumer) in [("METRICS", "evaluate"), ("INCIDENTS", "record")] {
+            let stream = js.get_stream(stream).await.ok()?;
+            let info = stream.consumer_info(consumer).await.ok()?;
+            if info.num_pending > 0 || info.num_ack_pending > 0 {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await
+}
