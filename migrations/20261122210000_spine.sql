@@ -86,6 +86,8 @@ CREATE INDEX incidents_service_idx ON incidents (service_id);
 CREATE INDEX incidents_rule_idx ON incidents (rule_id);
 -- The evaluator rebuilds its open episodes from this at start-up.
 CREATE INDEX incidents_unresolved_idx ON incidents (rule_id) WHERE resolved_at IS NULL;
+-- ... and the sequence watermarks of series touched since its ack floor.
+CREATE INDEX incidents_last_sample_seq_idx ON incidents (last_sample_seq);
 
 -- The timeline. Ids are deterministic for pipeline events so redelivery inserts nothing new.
 CREATE TABLE incident_events (

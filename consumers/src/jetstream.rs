@@ -62,7 +62,10 @@ impl DeadLetters {
                 }
             }
         }
-        headers.insert(headers::DEADLETTER_REASON, one_line(&rejection.reason).as_str());
+        headers.insert(
+            headers::DEADLETTER_REASON,
+            one_line(&rejection.reason).as_str(),
+        );
         headers.insert(headers::DEADLETTER_KIND, rejection.kind);
         headers.insert(headers::DEADLETTER_SUBJECT, msg.subject.as_str());
         headers.insert(headers::DEADLETTER_STREAM, info.stream);
@@ -115,7 +118,10 @@ impl DeadLetters {
 
 /// Header values must be one line.
 fn one_line(s: &str) -> String {
-    let line: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let line: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     line.chars().take(1024).collect()
 }
 

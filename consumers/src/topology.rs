@@ -290,18 +290,12 @@ pub async fn ensure_consumer(
                 || c.max_deliver != desired.max_deliver
                 || c.max_ack_pending != desired.max_ack_pending
             {
-                stream
-                    .update_consumer(desired)
-                    .await
-                    .map_err(|e| err(&e))?;
+                stream.update_consumer(desired).await.map_err(|e| err(&e))?;
                 tracing::info!(consumer = name, "updated consumer settings");
             }
         }
         Err(_) => {
-            stream
-                .create_consumer(desired)
-                .await
-                .map_err(|e| err(&e))?;
+            stream.create_consumer(desired).await.map_err(|e| err(&e))?;
             tracing::info!(consumer = name, stream = spec.stream, "created consumer");
         }
     }
@@ -321,14 +315,23 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        let text = BUILT_IN.replace("max_age_secs = 604800", "max_age_secs = 604800\nmax_agee = 1");
-        assert!(matches!(Topology::parse(&text), Err(TopologyError::Parse(_))));
+        let text = BUILT_IN.replace(
+            "max_age_secs = 604800",
+            "max_age_secs = 604800\nmax_agee = 1",
+        );
+        assert!(matches!(
+            Topology::parse(&text),
+            Err(TopologyError::Parse(_))
+        ));
     }
 
     #[test]
     fn consumers_must_name_a_known_stream() {
         let text = BUILT_IN.replace("stream = \"INCIDENTS\"", "stream = \"NOPE\"");
-        assert!(matches!(Topology::parse(&text), Err(TopologyError::Invalid(_))));
+        assert!(matches!(
+            Topology::parse(&text),
+            Err(TopologyError::Invalid(_))
+        ));
     }
 
     #[test]

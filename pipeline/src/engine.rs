@@ -6,7 +6,9 @@
 //!
 //! Samples carry their METRICS stream sequence. An episode remembers the last sequence applied
 //! to it and ignores samples at or below it, so a sample delivered again after a crash is not
-//! counted twice.
+//! counted twice. After a restart the engine is also given watermarks for episodes that ended
+//! recently, so re-reading the samples of an episode that already resolved cannot open a
+//! phantom one.
 
 use std::collections::HashMap;
 
@@ -27,6 +29,10 @@ pub struct Engine {
     /// Enabled rules per metric type, so a sample only meets the rules that can select it.
     by_metric: HashMap<String, Vec<Uuid>>,
     episodes: HashMap<EpisodeKey, IncidentSnapshot>,
+    /// Restored sequence watermarks: samples at or below them were already applied. Cleared
+    /// once the stream has moved past all of them.
+    watermarks: HashMap<EpisodeKey, u64>,
+    highest_watermark: u64,
     source: Option<Source>,
 }
 
@@ -65,14 +71,29 @@ impl Engine {
             .retain(|(rule_id, _), _| rules.contains_key(rule_id));
     }
 
-    /// Restores open episodes, for example from the unresolved incidents after a restart.
+    /// Restores open episodes, for example from the unresolved incidents after a restart. If two
+    /// snapshots claim the same (rule, series), the one with the later sample wins.
     pub fn restore(&mut self, open: impl IntoIterator<Item = IncidentSnapshot>) {
         for incident in open {
-            if incident.resolved_at.is_none() {
-                let key = (incident.rule_id, incident.series_key.clone());
-                self.episodes.insert(key, incident);
+            if incident.resolved_at.is_some() {
+                continue;
+            }
+            let key = (incident.rule_id, incident.series_key.clone());
+            match self.episodes.get(&key) {
+                Some(known) if known.last_sample_seq > incident.last_sample_seq => {}
+                _ => {
+                    self.episodes.insert(key, incident);
+                }
             }
         }
+    }
+
+    /// Marks samples of a (rule, series) up to `seq` as already applied, so that re-reading them
+    /// after a restart changes nothing even when their episode has since resolved.
+    pub fn restore_watermark(&mut self, rule_id: Uuid, series_key: String, seq: u64) {
+        let mark = self.watermarks.entry((rule_id, series_key)).or_insert(0);
+        *mark = (*mark).max(seq);
+        self.highest_watermark = self.highest_watermark.max(seq);
     }
 
     pub fn open_episodes(&self) -> usize {
@@ -86,6 +107,9 @@ impl Engine {
     /// Evaluates one sample against every enabled rule that selects its series and appends the
     /// resulting transitions to `out`. `seq` is the sample's stream sequence (0 when unknown).
     pub fn evaluate(&mut self, sample: &MetricSample, seq: u64, out: &mut Vec<IncidentTransition>) {
+        if !self.watermarks.is_empty() && seq > self.highest_watermark {
+            self.watermarks = HashMap::new();
+        }
         let Some(rule_ids) = self.by_metric.get(&sample.metric_type) else {
             return;
         };
@@ -101,6 +125,9 @@ impl Engine {
                     .get_or_insert_with(|| sample.series_key())
                     .clone(),
             );
+            if seq != 0 && self.watermarks.get(&key).is_some_and(|&mark| seq <= mark) {
+                continue;
+            }
             let source = self.source.unwrap_or(Source::Live);
             let violated = rule.violated_by(sample.value);
             match self.episodes.get_mut(&key) {
@@ -345,6 +372,29 @@ mod tests {
         restarted.evaluate(&sample("S1", "LATENCY_MS", 220.0, 2), 12, &mut again);
         assert_eq!(again[0].incident.violation_count, 3);
         assert_eq!(again[0].incident.id, out[0].incident.id);
+    }
+
+    #[test]
+    fn rereading_a_resolved_episode_opens_nothing() {
+        let r = rule("LATENCY_MS", Operator::Gt, 150.0);
+        let samples = [
+            sample("S1", "LATENCY_MS", 200.0, 0),
+            sample("S1", "LATENCY_MS", 210.0, 1),
+            sample("S1", "LATENCY_MS", 100.0, 2),
+        ];
+        let first = run(&mut Engine::new(vec![r.clone()]), &samples);
+        let resolved = first.last().unwrap().incident.clone();
+        assert_eq!(resolved.last_sample_seq, 3);
+
+        // Restarted after publishing all three, before acking: all three are read again.
+        let mut restarted = Engine::new(vec![r.clone()]);
+        restarted.restore_watermark(r.id, resolved.series_key.clone(), resolved.last_sample_seq);
+        let again = run(&mut restarted, &samples);
+        assert!(again.is_empty(), "{again:?}");
+        // Later samples are evaluated as usual.
+        let mut out = Vec::new();
+        restarted.evaluate(&sample("S1", "LATENCY_MS", 300.0, 3), 4, &mut out);
+        assert_eq!(out[0].kind, TransitionKind::Opened);
     }
 
     #[test]

@@ -10,4 +10,4 @@ pub mod identity;
 pub mod rule;
 
 pub use engine::Engine;
-pub use rule::{Rule, RuleError};
+pub use rule::Rule;

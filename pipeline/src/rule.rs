@@ -22,35 +22,7 @@ pub struct Rule {
     pub enabled: bool,
 }
 
-/// A rule field that is out of range.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("field `{field}`: {reason}")]
-pub struct RuleError {
-    pub field: &'static str,
-    pub reason: String,
-}
-
 impl Rule {
-    /// Checks the invariants the engine relies on.
-    pub fn validate(&self) -> Result<(), RuleError> {
-        let err = |field, reason: String| Err(RuleError { field, reason });
-        if self.name.trim().is_empty() || self.name.len() > 200 {
-            return err("name", "must be 1 to 200 characters".into());
-        }
-        if let Err(reason) = schemas::sample::validate_metric_type(&self.metric_type) {
-            return err("metric_type", reason);
-        }
-        if let Some(service) = &self.service_id {
-            if let Err(reason) = schemas::sample::validate_service_id(service) {
-                return err("service_id", reason);
-            }
-        }
-        if !self.threshold.is_finite() {
-            return err("threshold", "must be a finite number".into());
-        }
-        Ok(())
-    }
-
     /// Whether this rule watches the given series.
     pub fn selects(&self, service_id: &str, metric_type: &str) -> bool {
         self.metric_type == metric_type

@@ -140,15 +140,6 @@ impl MetricSample {
         MetricSample::from_raw(raw)
     }
 
-    /// Validates an already-parsed JSON value (used by the HTTP API).
-    pub fn from_json(value: serde_json::Value) -> Result<MetricSample, DecodeError> {
-        let raw: RawValue = serde_json::from_value(value).map_err(|e| DecodeError::Malformed {
-            encoding: "JSON",
-            reason: e.to_string(),
-        })?;
-        MetricSample::from_raw(raw)
-    }
-
     /// Validates a format-neutral value; every decoder ends here.
     pub fn from_raw(raw: RawValue) -> Result<MetricSample, DecodeError> {
         let RawValue::Map(mut fields) = raw else {
@@ -266,13 +257,9 @@ fn parse_value(raw: Option<RawValue>) -> Result<f64, FieldError> {
 pub fn parse_recorded_at(raw: Option<RawValue>) -> Result<DateTime<Utc>, FieldError> {
     const FIELD: &str = "recorded_at";
     let millis = match raw {
-        Some(RawValue::Str(s)) => {
-            return DateTime::parse_from_rfc3339(s.trim())
-                .map(|t| truncate_to_millis(t.with_timezone(&Utc)))
-                .map_err(|e| {
-                    FieldError::new(FIELD, format!("{s:?} is not an RFC 3339 time ({e})"))
-                });
-        }
+        Some(RawValue::Str(s)) => DateTime::parse_from_rfc3339(s.trim())
+            .map_err(|e| FieldError::new(FIELD, format!("{s:?} is not an RFC 3339 time ({e})")))?
+            .timestamp_millis(),
         Some(RawValue::Int(i)) => i,
         Some(RawValue::UInt(u)) => i64::try_from(u)
             .map_err(|_| FieldError::new(FIELD, "unix milliseconds out of range"))?,
@@ -293,12 +280,6 @@ pub fn parse_recorded_at(raw: Option<RawValue>) -> Result<DateTime<Utc>, FieldEr
     Utc.timestamp_millis_opt(millis)
         .single()
         .ok_or_else(|| FieldError::new(FIELD, "unix milliseconds out of range"))
-}
-
-fn truncate_to_millis(t: DateTime<Utc>) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(t.timestamp_millis())
-        .single()
-        .unwrap_or(t)
 }
 
 fn parse_id(raw: Option<RawValue>) -> Result<Option<String>, FieldError> {

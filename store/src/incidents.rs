@@ -201,3 +201,26 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &IncidentFilter) 
         query.push_bind(rule_id);
     }
 }
+
+/// Which of `ids` are resolved.
+pub async fn resolved_among(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM incidents WHERE id = ANY($1) AND resolved_at IS NOT NULL")
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+}
+
+/// Per (rule, series), the highest sample sequence applied to a live incident, for every series
+/// touched after sample sequence `after`.
+pub async fn live_watermarks_after(
+    pool: &PgPool,
+    after: u64,
+) -> Result<Vec<(Uuid, String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT rule_id, series_key, max(last_sample_seq) FROM incidents
+         WHERE last_sample_seq > $1 AND source = 'live' GROUP BY rule_id, series_key",
+    )
+    .bind(i64::try_from(after).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await
+}

@@ -47,6 +47,36 @@ pub struct NewRule {
     pub enabled: bool,
 }
 
+/// A rule field that is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {reason}")]
+pub struct RuleError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl NewRule {
+    /// Checks every invariant the engine relies on; the error names the field.
+    pub fn validate(&self) -> Result<(), RuleError> {
+        let err = |field, reason: String| Err(RuleError { field, reason });
+        if self.name.trim().is_empty() || self.name.len() > 200 {
+            return err("name", "must be 1 to 200 characters".into());
+        }
+        if let Err(reason) = schemas::sample::validate_metric_type(&self.metric_type) {
+            return err("metric_type", reason);
+        }
+        if let Some(service) = &self.service_id {
+            if let Err(reason) = schemas::sample::validate_service_id(service) {
+                return err("service_id", reason);
+            }
+        }
+        if !self.threshold.is_finite() {
+            return err("threshold", "must be a finite number".into());
+        }
+        Ok(())
+    }
+}
+
 pub async fn list_all(pool: &PgPool) -> Result<Vec<RuleRecord>, sqlx::Error> {
     sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM rules ORDER BY created_at, id"

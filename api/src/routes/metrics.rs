@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use schemas::raw::RawValue;
 use schemas::MetricSample;
 use serde_json::{json, Value};
 
@@ -18,7 +19,7 @@ pub const MAX_SAMPLES_PER_REQUEST: usize = 10_000;
 
 pub async fn publish(
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<Value>,
+    JsonBody(body): JsonBody<RawValue>,
 ) -> Result<Response, ApiError> {
     let samples = validate(body)?;
     let published = publish_samples(&state.js, &samples).await.map_err(|e| {
@@ -38,9 +39,9 @@ pub async fn publish(
 
 /// All or nothing: any invalid sample rejects the request, and every problem is listed with its
 /// index and field.
-fn validate(body: Value) -> Result<Vec<MetricSample>, ApiError> {
+fn validate(body: RawValue) -> Result<Vec<MetricSample>, ApiError> {
     let (items, is_array) = match body {
-        Value::Array(items) => (items, true),
+        RawValue::List(items) => (items, true),
         single => (vec![single], false),
     };
     if items.is_empty() {
@@ -55,7 +56,7 @@ fn validate(body: Value) -> Result<Vec<MetricSample>, ApiError> {
     let mut samples = Vec::with_capacity(items.len());
     let mut problems = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
-        match MetricSample::from_json(item) {
+        match MetricSample::from_raw(item) {
             Ok(sample) => samples.push(sample),
             Err(e) => problems.push(json!({
                 "index": if is_array { Some(index) } else { None },

@@ -27,13 +27,15 @@ pub fn decode_parts(
             kind: "subject",
             reason: e.to_string(),
         })?;
-    let sample = MetricSample::decode(payload, Encoding::from_content_type(content_type))
-        .map_err(|e| Rejection {
-            kind: match e {
-                schemas::DecodeError::Field(_) => "invalid",
-                _ => "decode",
-            },
-            reason: e.to_string(),
+    let sample =
+        MetricSample::decode(payload, Encoding::from_content_type(content_type)).map_err(|e| {
+            Rejection {
+                kind: match e {
+                    schemas::DecodeError::Field(_) => "invalid",
+                    _ => "decode",
+                },
+                reason: e.to_string(),
+            }
         })?;
     if sample.service_id != service_id || sample.metric_type != metric_type {
         return Err(Rejection {
@@ -84,8 +86,12 @@ mod tests {
         let err = decode_parts("metrics.S1.X", None, b"\xc1").unwrap_err();
         assert_eq!(err.kind, "decode");
         let body = BODY.replace("\"value\":1", "\"value\":\"x\"");
-        let err = decode_parts("metrics.S1.LATENCY_MS", Some("application/json"), body.as_bytes())
-            .unwrap_err();
+        let err = decode_parts(
+            "metrics.S1.LATENCY_MS",
+            Some("application/json"),
+            body.as_bytes(),
+        )
+        .unwrap_err();
         assert_eq!(err.kind, "invalid");
         assert!(err.reason.contains("value"), "{}", err.reason);
     }

@@ -2,12 +2,13 @@
 //! to INCIDENTS.
 //!
 //! It keeps stream order, which the engine's per-series state depends on. Before it starts
-//! pulling it restores the engine's open episodes from Postgres, after waiting until `record`
-//! has applied every published transition, and, if a previous process died holding messages,
-//! re-creates its durable consumer at the ack floor so those messages come back in order.
-//! Samples a restored episode already counted are recognised by stream sequence and skipped.
+//! pulling it restores the engine's open episodes ([`recovery`]) and, if a previous process died
+//! holding messages, re-creates its durable consumer at the ack floor so those messages come
+//! back in order rather than after `ack_wait`, behind newer ones. Samples a restored episode
+//! already counted are recognised by stream sequence and skipped.
 
 pub mod handler;
+pub mod recovery;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -26,10 +27,9 @@ use crate::jetstream::{
     DeadLetters,
 };
 use crate::telemetry;
-use crate::topology::{self, ConsumerSpec, Topology, INCIDENTS, METRICS};
+use crate::topology::{self, ConsumerSpec, Topology, METRICS};
 
 pub const CONSUMER: &str = "evaluate";
-const RECORD: &str = "record";
 
 pub struct Evaluator {
     js: jetstream::Context,
@@ -71,11 +71,16 @@ impl Evaluator {
             .await
             .context("looking up the METRICS stream")?;
         while !shutdown.is_cancelled() {
-            let consumer = match stream.get_consumer::<jetstream::consumer::pull::Config>(CONSUMER).await {
+            let consumer = match stream
+                .get_consumer::<jetstream::consumer::pull::Config>(CONSUMER)
+                .await
+            {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "evaluate consumer missing; re-creating it");
-                    topology::ensure_consumer(&self.js, CONSUMER, &self.spec).await.ok();
+                    topology::ensure_consumer(&self.js, CONSUMER, &self.spec)
+                        .await
+                        .ok();
                     pause(&shutdown, Duration::from_secs(1)).await;
                     continue;
                 }
@@ -197,70 +202,60 @@ impl Evaluator {
 
     /// Prepares the engine and the consumer position. Returns `false` if stopped meanwhile.
     async fn recover(&mut self, shutdown: &CancellationToken) -> anyhow::Result<bool> {
-        if !wait_for_record(&self.js, shutdown).await? {
-            return Ok(false);
-        }
         let rules = self.rules.borrow_and_update().as_ref().clone();
         self.engine.set_rules(rules);
-        let open = store::incidents::unresolved_live(&self.pool)
+        let stream = self
+            .js
+            .get_stream(METRICS)
             .await
-            .context("loading open incidents")?;
-        self.engine
-            .restore(open.iter().map(store::incidents::IncidentRecord::to_snapshot));
+            .context("looking up METRICS")?;
+        let position = stream.consumer_info(CONSUMER).await.ok();
+        let floor = position.as_ref().map_or(0, |p| p.ack_floor.stream_sequence);
+        let (js, pool) = (&self.js, &self.pool);
+        let restored = retry_until_stopped(
+            CONSUMER,
+            "restore",
+            shutdown,
+            || async {
+                recovery::restore(js, pool, floor)
+                    .await
+                    .map_err(|e| format!("{e:#}"))
+            },
+            || async {},
+        )
+        .await;
+        let Some(restored) = restored else {
+            return Ok(false);
+        };
+        let watermarks = restored.watermarks.len();
+        self.engine.restore(restored.open);
+        for ((rule_id, series_key), seq) in restored.watermarks {
+            self.engine.restore_watermark(rule_id, series_key, seq);
+        }
         tracing::info!(
             rules = self.engine.rule_count(),
             open_episodes = self.engine.open_episodes(),
+            watermarks,
+            ack_floor = floor,
             "evaluator state restored"
         );
-        rewind_if_held(&self.js, &self.spec).await?;
+        rewind_if_held(&stream, position, &self.js, &self.spec).await?;
         Ok(true)
-    }
-}
-
-/// Waits until the `record` consumer has applied every transition published so far, so that
-/// Postgres reflects every open episode. Returns `false` if stopped meanwhile.
-async fn wait_for_record(
-    js: &jetstream::Context,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<bool> {
-    let stream = js
-        .get_stream(INCIDENTS)
-        .await
-        .context("looking up the INCIDENTS stream")?;
-    let mut last_log = Instant::now();
-    loop {
-        let info = stream
-            .consumer_info(RECORD)
-            .await
-            .context("reading the record consumer's progress")?;
-        if info.num_pending == 0 && info.num_ack_pending == 0 {
-            return Ok(true);
-        }
-        if last_log.elapsed() > Duration::from_secs(5) {
-            tracing::info!(
-                pending = info.num_pending,
-                ack_pending = info.num_ack_pending,
-                "waiting for the record consumer to catch up before restoring state"
-            );
-            last_log = Instant::now();
-        }
-        if !pause(shutdown, Duration::from_millis(100)).await {
-            return Ok(false);
-        }
     }
 }
 
 /// If a previous process died holding unacked messages, the server would redeliver them only
 /// after `ack_wait`, behind newer ones. Re-create the consumer at its ack floor instead so
 /// every unfinished sample comes back in stream order.
-async fn rewind_if_held(js: &jetstream::Context, spec: &ConsumerSpec) -> anyhow::Result<()> {
-    let stream = js.get_stream(METRICS).await.context("looking up METRICS")?;
-    let info = match stream.consumer_info(CONSUMER).await {
-        Ok(info) => info.clone(),
-        Err(_) => {
-            topology::ensure_consumer(js, CONSUMER, spec).await?;
-            return Ok(());
-        }
+async fn rewind_if_held(
+    stream: &jetstream::stream::Stream,
+    position: Option<jetstream::consumer::Info>,
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+) -> anyhow::Result<()> {
+    let Some(info) = position else {
+        topology::ensure_consumer(js, CONSUMER, spec).await?;
+        return Ok(());
     };
     if info.num_ack_pending == 0 {
         return Ok(());

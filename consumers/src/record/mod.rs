@@ -53,7 +53,9 @@ impl Recorder {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(error = %e, "record consumer missing; re-creating it");
-                    topology::ensure_consumer(&self.js, CONSUMER, &self.spec).await.ok();
+                    topology::ensure_consumer(&self.js, CONSUMER, &self.spec)
+                        .await
+                        .ok();
                     sleep_unless(&shutdown, Duration::from_secs(1)).await;
                     continue;
                 }

