@@ -19,6 +19,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// A dependency is unreachable; the client may retry.
     #[error("{message}")]
     Unavailable { message: String, details: Value },
@@ -49,6 +51,7 @@ impl ApiError {
             ApiError::Validation { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -73,6 +76,9 @@ impl IntoResponse for ApiError {
             | ApiError::Validation { message, details }
             | ApiError::Unavailable { message, details } => (message, details),
             ApiError::NotFound(message) | ApiError::Conflict(message) => (message, Value::Null),
+            ApiError::MethodNotAllowed => {
+                ("method not allowed on this route".to_owned(), Value::Null)
+            }
         };
         if status.is_client_error() {
             tracing::debug!(%status, %message, "rejected request");

@@ -48,13 +48,16 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/services", get(routes::services::list))
         .route("/metrics", post(routes::metrics::publish))
-        .fallback(routes::not_found);
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed);
     Router::new()
+        .route("/", get(routes::home::index))
         .nest("/api", api)
         .route("/health", get(routes::health::health))
         .route("/ready", get(routes::health::ready))
         .route("/metrics", get(telemetry::render))
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(axum::middleware::from_fn(telemetry::track_requests))
         .with_state(state)
 }

@@ -1,6 +1,7 @@
 //! Handlers, one module per resource.
 
 pub mod health;
+pub mod home;
 pub mod incidents;
 pub mod metrics;
 pub mod rules;
@@ -10,6 +11,10 @@ use crate::error::ApiError;
 
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".to_owned())
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// Parses a path id, naming it in the error.
