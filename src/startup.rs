@@ -50,7 +50,15 @@ impl Application {
         let pool = store::connect_lazy(&settings.database_url, settings.db_max_connections)
             .context("invalid DATABASE_URL")?;
         migrate_when_reachable(&pool).await?;
-        consumers::topology::apply(&js, &nats.server_info().version, &settings.topology)
+        let server = nats.server_info();
+        if !server.jetstream {
+            bail!(
+                "nats-server {} at {} has JetStream disabled; start it with -js",
+                server.version,
+                settings.nats_url
+            );
+        }
+        consumers::topology::apply(&js, &server.version, &settings.topology)
             .await
             .context("applying the JetStream topology")?;
         let listener = if settings.roles.contains(&Role::Api) {

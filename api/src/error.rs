@@ -60,7 +60,17 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
-        ApiError::Internal(anyhow::Error::new(e).context("database query failed"))
+        match e {
+            // Postgres is unreachable, not the request at fault: the client may retry.
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::Unavailable {
+                    message: "the database is unavailable; retry later".to_owned(),
+                    details: Value::Null,
+                }
+            }
+            e => ApiError::Internal(anyhow::Error::new(e).context("database query failed")),
+        }
     }
 }
 

@@ -50,19 +50,29 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.classify() == serde_json::error::Category::Data {
-            let message = strip_position(&inner.to_string());
-            if path == "." {
-                ApiError::Validation {
-                    message: message.clone(),
-                    details: json!([{ "field": null, "message": message }]),
-                }
-            } else {
-                ApiError::invalid_field(path, message)
-            }
+            shape_error(&path, strip_position(&inner.to_string()))
         } else {
             ApiError::bad_request(format!("malformed JSON: {inner}"))
         }
     })
+}
+
+/// A 422 naming the failing field. serde reports a missing or repeated field at its parent's
+/// path, naming it only in the message, so the name is taken from there.
+fn shape_error(path: &str, message: String) -> ApiError {
+    let named = ["missing field `", "duplicate field `", "duplicate key `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.strip_suffix('`'));
+    match (path, named) {
+        (".", Some(name)) => ApiError::invalid_field(name, message.clone()),
+        (_, Some(name)) => ApiError::invalid_field(format!("{path}.{name}"), message.clone()),
+        (".", None) => ApiError::Validation {
+            message: message.clone(),
+            details: json!([{ "field": null, "message": message }]),
+        },
+        (_, None) => ApiError::invalid_field(path, message),
+    }
 }
 
 /// serde_json appends "at line 1 column 20"; the field path says more.
@@ -160,6 +170,6 @@ fn query_error(name: &str, reason: &str) -> ApiError {
 pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        ApiError::invalid_field(path, strip_position(&e.into_inner().to_string()))
+        shape_error(&path, strip_position(&e.into_inner().to_string()))
     })
 }

@@ -1,0 +1,159 @@
+//! The `tracely` command line as a user meets it: migrate, publish with bad lines, and the
+//! errors for bad configuration.
+
+mod support;
+
+use std::process::Output;
+
+use support::Stack;
+use tokio::process::Command;
+
+fn tracely() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracely"));
+    // Keep a developer's local stack (./.tracely/dev.env) out of the picture.
+    cmd.env("TRACELY_DATA_DIR", "/nonexistent-tracely-data-dir");
+    cmd
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_schema() {
+    let stack = Stack::start().await;
+    let output = tracely()
+        .arg("migrate")
+        .env("DATABASE_URL", &stack.database_url)
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let pool = stack.pool().await;
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+         WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        tables,
+        [
+            "departments",
+            "incident_events",
+            "incidents",
+            "rules",
+            "services"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_reports_rejected_lines_and_fails() {
+    let stack = Stack::start().await;
+    let js = stack.js().await;
+    let version = js.client().server_info().version;
+    consumers::topology::apply(&js, &version, &consumers::Topology::built_in())
+        .await
+        .unwrap();
+    let file = stack.path().join("samples.ndjson");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"service_id":"S1","metric_type":"LATENCY_MS","value":180,"recorded_at":"2026-03-12T09:00:00Z","id":"a"}"#, "\n",
+            r#"{"service_id":"S1","metric_type":"LATENCY_MS","value":"fast","recorded_at":"2026-03-12T09:00:01Z"}"#, "\n",
+            "\n",
+            r#"{"service_id":"S1","metric_type":"LATENCY_MS","value":180,"recorded_at":"2026-03-12T09:00:00Z","id":"a"}"#, "\n",
+            "not json\n",
+        ),
+    )
+    .unwrap();
+    let output = tracely()
+        .args(["publish", "--file"])
+        .arg(&file)
+        .env("TRACELY_NATS_URL", stack.nats.url())
+        .output()
+        .await
+        .unwrap();
+    let out = text(&output);
+    assert!(
+        !output.status.success(),
+        "rejected lines must fail the command: {out}"
+    );
+    assert!(
+        out.contains("published 2 samples: 1 stored, 1 duplicates; 2 rejected"),
+        "{out}"
+    );
+    assert!(out.contains("line 2: field `value`"), "{out}");
+    assert!(out.contains("line 5: malformed JSON"), "{out}");
+    let mut metrics = js.get_stream("METRICS").await.unwrap();
+    assert_eq!(metrics.info().await.unwrap().state.messages, 1);
+}
+
+#[tokio::test]
+async fn configuration_mistakes_are_named() {
+    let output = tracely()
+        .args(["migrate", "--database-url", "postgres://127.0.0.1:1/x"])
+        .env("TRACELY_HTTP_ADRR", "127.0.0.1:1")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("TRACELY_HTTP_ADRR"),
+        "{}",
+        text(&output)
+    );
+
+    let output = tracely()
+        .args([
+            "publish",
+            "--file",
+            "/no/such/file.csv",
+            "--nats-url",
+            "nats://127.0.0.1:1",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains("/no/such/file.csv"),
+        "{}",
+        text(&output)
+    );
+
+    let output = tracely()
+        .args([
+            "publish",
+            "--file",
+            "samples.txt",
+            "--nats-url",
+            "nats://127.0.0.1:1",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(text(&output).contains("--format"), "{}", text(&output));
+
+    let output = tracely()
+        .args([
+            "run",
+            "--nats-url",
+            "nats://x",
+            "--database-url",
+            "postgres://x",
+            "--roles",
+            "evaluate,judge",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(text(&output).contains("judge"), "{}", text(&output));
+}
