@@ -57,6 +57,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let Err(e) = stopped.1 {
         tracing::warn!(error = %format!("{e:#}"), "nats-server did not stop cleanly");
     }
+    tracing::info!("local stack stopped");
     result
 }
 
