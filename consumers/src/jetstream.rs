@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, AckKind};
 use async_nats::HeaderMap;
 use futures::{FutureExt, StreamExt};
@@ -11,6 +12,7 @@ use schemas::headers;
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry;
+use crate::topology::{self, ConsumerSpec};
 
 /// A message that can never be handled: why, in words and as a small fixed kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,9 +127,100 @@ fn one_line(s: &str) -> String {
     line.chars().take(1024).collect()
 }
 
+/// Handles one batch of messages pulled from a durable consumer, in stream order. It acks,
+/// retries or dead-letters each message itself, and leaves messages unacked if `shutdown` fires
+/// before their effect is durable.
+pub trait BatchHandler {
+    fn handle(
+        &mut self,
+        batch: Vec<jetstream::Message>,
+        shutdown: &CancellationToken,
+    ) -> impl Future<Output = ()> + Send;
+}
+
+/// Pulls batches from the durable consumer `name` on `stream` and hands them to `handler` until
+/// `shutdown` fires. Transient pull errors are counted and logged; when the pull stream ends or
+/// fails terminally it is rebuilt, re-creating the consumer if someone deleted it. Fails only
+/// when the stream itself cannot be found.
+pub async fn run_pull_loop(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &'static str,
+    spec: &ConsumerSpec,
+    shutdown: &CancellationToken,
+    handler: &mut impl BatchHandler,
+) -> anyhow::Result<()> {
+    let stream = js
+        .get_stream(stream)
+        .await
+        .with_context(|| format!("looking up the {stream} stream"))?;
+    while !shutdown.is_cancelled() {
+        let mut messages = match pull_stream(&stream, name, spec).await {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!(consumer = name, error = %e, "cannot pull; re-creating the consumer and retrying");
+                if let Err(e) = topology::ensure_consumer(js, name, spec).await {
+                    tracing::warn!(consumer = name, error = %e, "re-creating the consumer failed");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+        };
+        loop {
+            let batch = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                batch = next_batch(&mut messages, spec.max_batch) => batch,
+            };
+            let Some(batch) = batch else { break };
+            let mut healthy = true;
+            let mut received = Vec::with_capacity(batch.len());
+            for item in batch {
+                match item {
+                    Ok(msg) => received.push(msg),
+                    Err(e) => {
+                        telemetry::stream_errors(name, error_kind_label(&e));
+                        if is_terminal(&e) {
+                            tracing::warn!(consumer = name, error = %e, "pull stream failed; rebuilding it");
+                            healthy = false;
+                        } else {
+                            tracing::debug!(consumer = name, error = %e, "transient pull error");
+                        }
+                    }
+                }
+            }
+            if !received.is_empty() {
+                handler.handle(received, shutdown).await;
+            }
+            if !healthy {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn pull_stream(
+    stream: &jetstream::stream::Stream,
+    name: &str,
+    spec: &ConsumerSpec,
+) -> Result<pull::Stream, async_nats::Error> {
+    let consumer = stream.get_consumer::<pull::Config>(name).await?;
+    Ok(consumer
+        .stream()
+        .max_messages_per_batch(spec.max_batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?)
+}
+
 /// Waits for at least one item, then takes whatever else is ready, up to `max`. Returns `None`
 /// when the stream has ended.
-pub async fn next_batch(
+async fn next_batch(
     messages: &mut pull::Stream,
     max: usize,
 ) -> Option<Vec<Result<jetstream::Message, pull::MessagesError>>> {
@@ -143,7 +236,7 @@ pub async fn next_batch(
 }
 
 /// Whether the pull stream must be rebuilt after this error (it will not recover by itself).
-pub fn is_terminal(err: &pull::MessagesError) -> bool {
+fn is_terminal(err: &pull::MessagesError) -> bool {
     use pull::MessagesErrorKind::*;
     matches!(
         err.kind(),
@@ -151,7 +244,7 @@ pub fn is_terminal(err: &pull::MessagesError) -> bool {
     )
 }
 
-pub fn error_kind_label(err: &pull::MessagesError) -> &'static str {
+fn error_kind_label(err: &pull::MessagesError) -> &'static str {
     use pull::MessagesErrorKind::*;
     match err.kind() {
         MissingHeartbeat => "missing_heartbeat",

@@ -12,7 +12,7 @@ pub mod recovery;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, message::PublishMessage};
@@ -23,8 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::jetstream::{
-    ack_all, error_kind_label, extend_ack_wait, is_terminal, next_batch, retry_until_stopped,
-    DeadLetters,
+    ack_all, extend_ack_wait, retry_until_stopped, run_pull_loop, BatchHandler, DeadLetters,
 };
 use crate::telemetry;
 use crate::topology::{self, ConsumerSpec, Topology, METRICS};
@@ -65,86 +64,25 @@ impl Evaluator {
         if !self.recover(&shutdown).await? {
             return Ok(());
         }
-        let stream = self
-            .js
-            .get_stream(METRICS)
-            .await
-            .context("looking up the METRICS stream")?;
-        while !shutdown.is_cancelled() {
-            let consumer = match stream
-                .get_consumer::<jetstream::consumer::pull::Config>(CONSUMER)
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "evaluate consumer missing; re-creating it");
-                    topology::ensure_consumer(&self.js, CONSUMER, &self.spec)
-                        .await
-                        .ok();
-                    pause(&shutdown, Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let mut messages = match consumer
-                .stream()
-                .max_messages_per_batch(self.spec.max_batch)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not start pulling; retrying");
-                    pause(&shutdown, Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Ok(()),
-                    Ok(()) = self.rules.changed() => {
-                        let rules = self.rules.borrow_and_update().as_ref().clone();
-                        self.engine.set_rules(rules);
-                    }
-                    batch = next_batch(&mut messages, self.spec.max_batch) => {
-                        let Some(batch) = batch else { break };
-                        if !self.handle_batch(batch, &shutdown).await {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
+        let (js, spec) = (self.js.clone(), self.spec.clone());
+        run_pull_loop(&js, METRICS, CONSUMER, &spec, &shutdown, &mut self).await
     }
 
-    /// Returns `false` when the pull stream must be rebuilt.
-    async fn handle_batch(
-        &mut self,
-        batch: Vec<Result<jetstream::Message, jetstream::consumer::pull::MessagesError>>,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    /// Applies rule changes made since the last batch.
+    fn refresh_rules(&mut self) {
+        if self.rules.has_changed().unwrap_or(false) {
+            let rules = self.rules.borrow_and_update().as_ref().clone();
+            self.engine.set_rules(rules);
+        }
+    }
+
+    async fn handle_batch(&mut self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
+        self.refresh_rules();
         let started = Instant::now();
-        let mut healthy = true;
         let mut held = Vec::with_capacity(batch.len());
         let mut transitions = Vec::new();
         let mut new_services = Vec::new();
-        for item in batch {
-            let msg = match item {
-                Ok(msg) => msg,
-                Err(e) => {
-                    telemetry::stream_errors(CONSUMER, error_kind_label(&e));
-                    if is_terminal(&e) {
-                        tracing::warn!(error = %e, "pull stream ended; rebuilding it");
-                        healthy = false;
-                    } else {
-                        tracing::debug!(error = %e, "transient pull error");
-                    }
-                    continue;
-                }
-            };
+        for msg in batch {
             let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
                 tracing::warn!(subject = %msg.subject, "message without JetStream metadata");
                 continue;
@@ -175,7 +113,7 @@ impl Evaluator {
             )
             .await;
             if registered.is_none() {
-                return false;
+                return;
             }
             self.known_services.extend(new_services);
         }
@@ -191,13 +129,12 @@ impl Evaluator {
             )
             .await;
             if published.is_none() {
-                return false;
+                return;
             }
         }
         ack_all(CONSUMER, &held).await;
         telemetry::samples_evaluated(evaluated);
         telemetry::batch_duration(CONSUMER, started.elapsed().as_secs_f64());
-        healthy
     }
 
     /// Prepares the engine and the consumer position. Returns `false` if stopped meanwhile.
@@ -241,6 +178,12 @@ impl Evaluator {
         );
         rewind_if_held(&stream, position, &self.js, &self.spec).await?;
         Ok(true)
+    }
+}
+
+impl BatchHandler for Evaluator {
+    async fn handle(&mut self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
+        self.handle_batch(batch, shutdown).await;
     }
 }
 
@@ -301,12 +244,4 @@ async fn publish_transitions(
         telemetry::transitions_published(t.kind.as_str(), 1);
     }
     Ok(())
-}
-
-/// Sleeps unless shut down first; returns `false` on shutdown.
-async fn pause(shutdown: &CancellationToken, duration: Duration) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(duration) => true,
-    }
 }

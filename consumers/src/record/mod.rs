@@ -7,21 +7,20 @@
 
 pub mod handler;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::jetstream::{self, AckKind};
 use schemas::IncidentTransition;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::is_transient_db_error;
 use crate::jetstream::{
-    ack_all, error_kind_label, extend_ack_wait, is_terminal, next_batch, retry_until_stopped,
-    DeadLetters, Outcome, Rejection,
+    ack_all, extend_ack_wait, retry_until_stopped, run_pull_loop, BatchHandler, DeadLetters,
+    Outcome, Rejection,
 };
 use crate::telemetry;
-use crate::topology::{self, ConsumerSpec, Topology, INCIDENTS};
+use crate::topology::{ConsumerSpec, Topology, INCIDENTS};
 
 pub const CONSUMER: &str = "record";
 
@@ -42,88 +41,32 @@ impl Recorder {
         }
     }
 
-    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let stream = self
-            .js
-            .get_stream(INCIDENTS)
-            .await
-            .context("looking up the INCIDENTS stream")?;
-        while !shutdown.is_cancelled() {
-            let consumer = match stream.get_consumer::<pull::Config>(CONSUMER).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "record consumer missing; re-creating it");
-                    topology::ensure_consumer(&self.js, CONSUMER, &self.spec)
-                        .await
-                        .ok();
-                    sleep_unless(&shutdown, Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let mut messages = match consumer
-                .stream()
-                .max_messages_per_batch(self.spec.max_batch)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-            {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not start pulling; retrying");
-                    sleep_unless(&shutdown, Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            loop {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Ok(()),
-                    batch = next_batch(&mut messages, self.spec.max_batch) => {
-                        let Some(batch) = batch else { break };
-                        if !self.handle_batch(batch, &shutdown).await {
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
+    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let (js, spec) = (self.js.clone(), self.spec.clone());
+        run_pull_loop(&js, INCIDENTS, CONSUMER, &spec, &shutdown, &mut self).await
     }
 
-    /// Returns `false` when the pull stream must be rebuilt.
-    async fn handle_batch(
-        &self,
-        batch: Vec<Result<jetstream::Message, pull::MessagesError>>,
-        shutdown: &CancellationToken,
-    ) -> bool {
+    async fn handle_batch(&self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
         let started = Instant::now();
-        let mut healthy = true;
         let mut held = Vec::with_capacity(batch.len());
         let mut transitions = Vec::with_capacity(batch.len());
-        for item in batch {
-            match item {
-                Ok(msg) => match IncidentTransition::from_msgpack(&msg.payload) {
-                    Ok(t) => {
-                        transitions.push(t);
-                        held.push(msg);
-                    }
-                    Err(e) => {
-                        let rejection = Rejection {
-                            kind: "decode",
-                            reason: e.to_string(),
-                        };
-                        self.dead_letters.reject(&msg, &rejection).await;
-                    }
-                },
+        for msg in batch {
+            match IncidentTransition::from_msgpack(&msg.payload) {
+                Ok(t) => {
+                    transitions.push(t);
+                    held.push(msg);
+                }
                 Err(e) => {
-                    telemetry::stream_errors(CONSUMER, error_kind_label(&e));
-                    healthy &= !is_terminal(&e);
+                    let rejection = Rejection {
+                        kind: "decode",
+                        reason: e.to_string(),
+                    };
+                    self.dead_letters.reject(&msg, &rejection).await;
                 }
             }
         }
         if held.is_empty() {
-            return healthy;
+            return;
         }
         let pool = &self.pool;
         let applied = retry_until_stopped(
@@ -140,7 +83,7 @@ impl Recorder {
         )
         .await;
         match applied {
-            None => return false,
+            None => return,
             Some(Ok(())) => ack_all(CONSUMER, &held).await,
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "batch failed permanently; applying one by one");
@@ -152,7 +95,6 @@ impl Recorder {
         }
         telemetry::transitions_recorded(transitions.len());
         telemetry::batch_duration(CONSUMER, started.elapsed().as_secs_f64());
-        healthy
     }
 
     async fn settle(&self, msg: &jetstream::Message, outcome: Outcome) {
@@ -182,9 +124,8 @@ impl Recorder {
     }
 }
 
-async fn sleep_unless(shutdown: &CancellationToken, duration: Duration) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(duration) => {}
+impl BatchHandler for Recorder {
+    async fn handle(&mut self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
+        self.handle_batch(batch, shutdown).await;
     }
 }
