@@ -88,6 +88,8 @@ CREATE INDEX incidents_rule_idx ON incidents (rule_id);
 CREATE INDEX incidents_unresolved_idx ON incidents (rule_id) WHERE resolved_at IS NULL;
 -- ... and the sequence watermarks of series touched since its ack floor.
 CREATE INDEX incidents_last_sample_seq_idx ON incidents (last_sample_seq);
+-- ... and when each series last resolved.
+CREATE INDEX incidents_series_resolved_idx ON incidents (rule_id, series_key, resolved_at);
 
 -- The timeline. Ids are deterministic for pipeline events so redelivery inserts nothing new.
 CREATE TABLE incident_events (

@@ -332,12 +332,19 @@ async fn rule_updates(stack: &Stack, app: &App) {
     let response = send(app, Method::PATCH, &path, Some("application/json"), "{").await;
     error(&response, 400, "bad_request");
 
-    // null clears an optional field; the others stay.
-    let (status, body) = app.patch(&path, &json!({"service_id": null})).await;
+    // The selector cannot change under open incidents; the same value is fine.
+    for patch in [
+        json!({"service_id": null}),
+        json!({"service_id": "S2"}),
+        json!({"metric_type": "ERROR_RATE"}),
+    ] {
+        let response = app.patch(&path, &patch).await;
+        let error = error(&response, 422, "validation_failed");
+        let field = patch.as_object().unwrap().keys().next().unwrap().clone();
+        names_field(&error, &field);
+    }
+    let (status, body) = app.patch(&path, &json!({"service_id": "S1"})).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["data"]["service_id"], Value::Null, "{body}");
-    assert_eq!(body["data"]["threshold"], 150.0, "{body}");
-    assert_eq!(body["data"]["enabled"], true, "{body}");
 
     let (status, body) = app
         .patch(
@@ -348,8 +355,15 @@ async fn rule_updates(stack: &Stack, app: &App) {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["enabled"], false, "{body}");
     assert_eq!(body["data"]["department_id"], department.to_string());
+    assert_eq!(body["data"]["threshold"], 150.0, "{body}");
     let (_, fetched) = app.get(&path).await;
     assert_eq!(fetched["data"]["enabled"], false, "{fetched}");
+
+    // null clears an optional field; the others stay.
+    let (status, body) = app.patch(&path, &json!({"department_id": null})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["department_id"], Value::Null, "{body}");
+    assert_eq!(body["data"]["enabled"], false, "{body}");
 
     let missing = format!("/api/rules/{}", Uuid::new_v4());
     error(

@@ -129,3 +129,93 @@ async fn episodes_not_yet_recorded_are_restored_from_the_stream() {
     assert_eq!(incidents[0]["peak_value"], 190.0);
     app.stop().await;
 }
+
+/// Per three minutes: a recovery, then two violations (one incident of two violations).
+fn flapping(from_minute: i64, count: i64) -> Vec<schemas::MetricSample> {
+    (from_minute..from_minute + count)
+        .map(|m| {
+            let value = if m % 3 == 0 { 100.0 } else { 200.0 };
+            let at = format!("2026-03-12T{:02}:{:02}:00Z", 9 + m / 60, m % 60);
+            sample("S1", "LATENCY_MS", value, &at)
+        })
+        .collect()
+}
+
+async fn incident_summary(app: &App) -> Vec<(String, i64, String)> {
+    let mut found: Vec<(String, i64, String)> = app
+        .incidents("")
+        .await
+        .iter()
+        .map(|i| {
+            (
+                i["opened_at"].as_str().unwrap().to_owned(),
+                i["violation_count"].as_i64().unwrap(),
+                i["resolved_at"].as_str().unwrap_or("open").to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_evaluator_stands_by_and_takes_over() {
+    let stack = Stack::start().await;
+    prepare(&stack).await;
+    let js = stack.js().await;
+    let first = App::start(&stack).await;
+    let standby = App::start_with(stack.settings(&[Role::Evaluate])).await;
+
+    publish(&js, &flapping(0, 30)).await;
+    drained(&js, Duration::from_secs(15)).await;
+    let before = incident_summary(&first).await;
+    assert_eq!(before.len(), 10, "{before:?}");
+
+    // The first process goes away; the standby must continue exactly where it stopped.
+    first.stop().await;
+    let api = App::start_with(stack.settings(&[Role::Record, Role::Api])).await;
+    publish(&js, &flapping(30, 30)).await;
+    drained(&js, Duration::from_secs(20)).await;
+    let after = incident_summary(&api).await;
+    assert_eq!(after.len(), 20, "{after:?}");
+    assert!(after.iter().all(|(_, count, _)| *count == 2), "{after:?}");
+    standby.stop().await;
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_by_hand_is_recreated_after_what_was_applied() {
+    let stack = Stack::start().await;
+    prepare(&stack).await;
+    let js = stack.js().await;
+    let app = App::start(&stack).await;
+    publish(&js, &flapping(0, 30)).await;
+    drained(&js, Duration::from_secs(15)).await;
+
+    js.get_stream("METRICS")
+        .await
+        .unwrap()
+        .delete_consumer("evaluate")
+        .await
+        .unwrap();
+    publish(&js, &flapping(30, 30)).await;
+    eventually(
+        "the consumer to be re-created",
+        Duration::from_secs(15),
+        || async {
+            js.get_stream("METRICS")
+                .await
+                .ok()?
+                .consumer_info("evaluate")
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await;
+    drained(&js, Duration::from_secs(20)).await;
+    let found = incident_summary(&app).await;
+    assert_eq!(found.len(), 20, "{found:?}");
+    assert!(found.iter().all(|(_, count, _)| *count == 2), "{found:?}");
+    app.stop().await;
+}

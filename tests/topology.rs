@@ -23,10 +23,17 @@ async fn applying_twice_is_harmless_and_changes_are_applied_on_restart() {
     assert_eq!(config.max_age, Duration::from_secs(7 * 24 * 3600));
     assert!(config.duplicate_window >= Duration::from_secs(120));
 
+    // As after a crash: the evaluator re-created its consumer at a stream sequence.
+    metrics.delete_consumer("evaluate").await.unwrap();
+    let mut rewound = built_in.consumer("evaluate").to_config("evaluate");
+    rewound.deliver_policy =
+        async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: 1 };
+    metrics.create_consumer(rewound).await.unwrap();
+
     // Edit the file as an operator would, and start Tracely with it.
     let edited = BUILT_IN
         .replace("max_age_secs = 604800", "max_age_secs = 86400")
-        .replacen("max_deliver = 10", "max_deliver = 7", 1);
+        .replacen("max_deliver = -1", "max_deliver = 7", 1);
     let path = stack.path().join("topology.toml");
     std::fs::write(&path, edited).unwrap();
     let mut settings = stack.settings(&[Role::Record]);

@@ -21,6 +21,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// A dependency is unreachable; the client may retry.
     #[error("{message}")]
     Unavailable { message: String, details: Value },
@@ -52,6 +54,7 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -85,7 +88,9 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest { message, details }
             | ApiError::Validation { message, details }
             | ApiError::Unavailable { message, details } => (message, details),
-            ApiError::NotFound(message) | ApiError::Conflict(message) => (message, Value::Null),
+            ApiError::NotFound(message)
+            | ApiError::Conflict(message)
+            | ApiError::PayloadTooLarge(message) => (message, Value::Null),
             ApiError::MethodNotAllowed => {
                 ("method not allowed on this route".to_owned(), Value::Null)
             }

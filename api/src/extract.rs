@@ -36,9 +36,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 "expected a JSON body with Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(format!("the body is too large: {e}"))
+            } else {
+                ApiError::bad_request(format!("could not read the body: {e}"))
+            }
+        })?;
         parse_json(&bytes).map(JsonBody)
     }
 }

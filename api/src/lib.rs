@@ -13,6 +13,7 @@ pub mod telemetry;
 use std::time::Duration;
 
 use async_nats::jetstream;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -47,7 +48,11 @@ pub fn app(state: AppState) -> Router {
                 .delete(routes::rules::delete),
         )
         .route("/services", get(routes::services::list))
-        .route("/metrics", post(routes::metrics::publish))
+        .route(
+            "/metrics",
+            post(routes::metrics::publish)
+                .layer(DefaultBodyLimit::max(routes::metrics::MAX_BODY_BYTES)),
+        )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed);
     Router::new()

@@ -15,7 +15,8 @@ pub struct Published {
 }
 
 /// A batch that was not stored completely: the first `published` samples are durable, the rest
-/// may not be. Publishing the batch again is safe for samples with an `id`.
+/// may not be. Publishing the batch again within the stream's duplicate window (2 minutes by
+/// default) stores each sample once.
 #[derive(Debug, thiserror::Error)]
 #[error("{published} of {total} samples were stored before publishing failed: {source}")]
 pub struct PublishFailed {
@@ -63,6 +64,17 @@ fn message(sample: &MetricSample) -> PublishMessage {
         .payload(sample.to_msgpack().into());
     match &sample.id {
         Some(id) => publish.message_id(id),
-        None => publish,
+        None => publish.message_id(derived_id(sample)),
     }
+}
+
+/// A deduplication id for a sample without one: the same series at the same millisecond.
+fn derived_id(sample: &MetricSample) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x3b1e_72a4_5c60_4d2e_8f0b_96d4_1a7c_e5b2);
+    let name = format!(
+        "{}|{}",
+        sample.series_key(),
+        sample.recorded_at.timestamp_millis()
+    );
+    format!("auto-{}", uuid::Uuid::new_v5(&NAMESPACE, name.as_bytes()))
 }

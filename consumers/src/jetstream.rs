@@ -136,6 +136,12 @@ pub trait BatchHandler {
         batch: Vec<jetstream::Message>,
         shutdown: &CancellationToken,
     ) -> impl Future<Output = ()> + Send;
+
+    /// Runs before every (re)build of the pull stream, for example to put the consumer back
+    /// at a known position.
+    fn before_pull(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Pulls batches from the durable consumer `name` on `stream` and hands them to `handler` until
@@ -155,6 +161,14 @@ pub async fn run_pull_loop(
         .await
         .with_context(|| format!("looking up the {stream} stream"))?;
     while !shutdown.is_cancelled() {
+        if let Err(e) = handler.before_pull().await {
+            tracing::warn!(consumer = name, error = %format!("{e:#}"), "preparing to pull failed; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        }
         let mut messages = match pull_stream(&stream, name, spec).await {
             Ok(messages) => messages,
             Err(e) => {

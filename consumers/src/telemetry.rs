@@ -8,6 +8,13 @@ pub fn samples_evaluated(count: usize) {
     counter!("tracely_samples_evaluated_total").increment(count as u64);
 }
 
+/// Samples dropped because they arrived too late to count, counted per batch.
+pub fn late_samples(count: u64) {
+    if count > 0 {
+        counter!("tracely_late_samples_total").increment(count);
+    }
+}
+
 pub fn transitions_published(kind: &'static str, count: u64) {
     counter!("tracely_transitions_published_total", "kind" => kind).increment(count);
 }

@@ -132,9 +132,14 @@ impl Topology {
             if !self.streams.contains_key(&c.stream) {
                 return invalid(format!("consumer {name}: unknown stream {}", c.stream));
             }
-            if c.max_deliver < 1 || c.max_ack_pending < 1 || c.max_batch < 1 {
+            if c.max_deliver == 0 || c.max_deliver < -1 {
                 return invalid(format!(
-                    "consumer {name}: max_deliver, max_ack_pending and max_batch must be positive"
+                    "consumer {name}: max_deliver must be positive, or -1 for unlimited"
+                ));
+            }
+            if c.max_ack_pending < 1 || c.max_batch < 1 {
+                return invalid(format!(
+                    "consumer {name}: max_ack_pending and max_batch must be positive"
                 ));
             }
             if c.ack_wait_secs == 0 || c.nak_backoff_secs.is_empty() {
@@ -286,6 +291,10 @@ pub async fn ensure_consumer(
     match stream.consumer_info(name).await {
         Ok(info) => {
             let c = &info.config;
+            // The server refuses to change where a consumer starts, and a rewound consumer
+            // starts at a sequence: keep whatever it has.
+            let mut desired = desired;
+            desired.deliver_policy = c.deliver_policy;
             if c.ack_wait != desired.ack_wait
                 || c.max_deliver != desired.max_deliver
                 || c.max_ack_pending != desired.max_ack_pending

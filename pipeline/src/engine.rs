@@ -9,9 +9,15 @@
 //! counted twice. After a restart the engine is also given watermarks for episodes that ended
 //! recently, so re-reading the samples of an episode that already resolved cannot open a
 //! phantom one.
+//!
+//! Event time only moves forward within a (rule, series): a violation at or before the last
+//! resolution cannot open a new episode (its id would be the resolved one's), and a
+//! non-violating sample older than the open episode's last violation cannot resolve it. Such
+//! samples are late: they are counted and dropped.
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use schemas::{
     IncidentSnapshot, IncidentTransition, MetricSample, Operator, Source, TransitionKind,
 };
@@ -33,6 +39,10 @@ pub struct Engine {
     /// once the stream has moved past all of them.
     watermarks: HashMap<EpisodeKey, u64>,
     highest_watermark: u64,
+    /// Event time of the last resolution per (rule, series).
+    resolved: HashMap<EpisodeKey, DateTime<Utc>>,
+    /// Samples dropped as late since the last [`Engine::take_late`].
+    late: u64,
     source: Option<Source>,
 }
 
@@ -96,6 +106,17 @@ impl Engine {
         self.highest_watermark = self.highest_watermark.max(seq);
     }
 
+    /// Restores the event time of the last resolution of a (rule, series).
+    pub fn restore_resolution(&mut self, rule_id: Uuid, series_key: String, at: DateTime<Utc>) {
+        let last = self.resolved.entry((rule_id, series_key)).or_insert(at);
+        *last = (*last).max(at);
+    }
+
+    /// How many samples were dropped as late since the last call.
+    pub fn take_late(&mut self) -> u64 {
+        std::mem::take(&mut self.late)
+    }
+
     pub fn open_episodes(&self) -> usize {
         self.episodes.len()
     }
@@ -130,18 +151,24 @@ impl Engine {
             }
             let source = self.source.unwrap_or(Source::Live);
             let violated = rule.violated_by(sample.value);
+            let at = sample.recorded_at;
             match self.episodes.get_mut(&key) {
                 Some(open) if seq != 0 && seq <= open.last_sample_seq => {}
                 Some(open) if violated => {
                     apply_violation(open, sample, seq);
                     out.push(transition(TransitionKind::Updated, sample, open.clone()));
                 }
+                Some(open) if at < open.last_violation_at => self.late += 1,
                 Some(_) => {
                     let mut closed = self.episodes.remove(&key).expect("episode exists");
                     closed.last_value = sample.value;
                     closed.last_sample_seq = seq.max(closed.last_sample_seq);
-                    closed.resolved_at = Some(sample.recorded_at);
+                    closed.resolved_at = Some(at);
                     out.push(transition(TransitionKind::Resolved, sample, closed));
+                    self.resolved.insert(key, at);
+                }
+                None if violated && self.resolved.get(&key).is_some_and(|&last| at <= last) => {
+                    self.late += 1;
                 }
                 None if violated => {
                     let opened = open_incident(rule, key.1.clone(), sample, seq, source);
@@ -234,7 +261,7 @@ fn message(rule: &Rule, sample: &MetricSample) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::{DateTime, Duration, Utc};
+    use chrono::Duration;
     use schemas::Severity;
 
     fn rule(metric: &str, op: Operator, threshold: f64) -> Rule {
@@ -395,6 +422,56 @@ mod tests {
         let mut out = Vec::new();
         restarted.evaluate(&sample("S1", "LATENCY_MS", 300.0, 3), 4, &mut out);
         assert_eq!(out[0].kind, TransitionKind::Opened);
+    }
+
+    #[test]
+    fn a_violation_at_or_before_the_last_resolution_is_late() {
+        let r = rule("LATENCY_MS", Operator::Gt, 150.0);
+        let mut engine = Engine::new(vec![r.clone()]);
+        let out = run(
+            &mut engine,
+            &[
+                sample("S1", "LATENCY_MS", 200.0, 0),
+                sample("S1", "LATENCY_MS", 100.0, 10),
+                // Re-sent without an id after the duplicate window, and a late violation.
+                sample("S1", "LATENCY_MS", 200.0, 0),
+                sample("S1", "LATENCY_MS", 250.0, 10),
+                sample("S1", "LATENCY_MS", 300.0, 11),
+            ],
+        );
+        assert_eq!(
+            kinds(&out),
+            [
+                TransitionKind::Opened,
+                TransitionKind::Resolved,
+                TransitionKind::Opened
+            ]
+        );
+        assert_ne!(out[2].incident.id, out[0].incident.id);
+        assert_eq!(out[2].incident.opened_at, t0() + Duration::seconds(11));
+        assert_eq!(engine.take_late(), 2);
+
+        // The same holds after a restart that restored the resolution.
+        let mut restarted = Engine::new(vec![r.clone()]);
+        restarted.restore_resolution(r.id, "S1:LATENCY_MS".into(), t0() + Duration::seconds(10));
+        let again = run(&mut restarted, &[sample("S1", "LATENCY_MS", 200.0, 5)]);
+        assert!(again.is_empty());
+        assert_eq!(restarted.take_late(), 1);
+    }
+
+    #[test]
+    fn an_old_recovery_does_not_resolve_a_newer_violation() {
+        let mut engine = Engine::new(vec![rule("LATENCY_MS", Operator::Gt, 150.0)]);
+        let out = run(
+            &mut engine,
+            &[
+                sample("S1", "LATENCY_MS", 200.0, 10),
+                sample("S1", "LATENCY_MS", 100.0, 5),
+            ],
+        );
+        assert_eq!(kinds(&out), [TransitionKind::Opened]);
+        assert_eq!(engine.take_late(), 1);
+        assert_eq!(engine.open_episodes(), 1);
     }
 
     #[test]

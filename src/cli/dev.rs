@@ -50,6 +50,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     .await;
 
     tracing::info!("stopping the local stack");
+    // Other commands must not find a stack that is gone.
+    let _ = std::fs::remove_file(data_dir.join(DEV_ENV_FILE));
     let stopped = tokio::join!(postgres.stop(), nats.stop());
     if let Err(e) = stopped.0 {
         tracing::warn!(error = %format!("{e:#}"), "Postgres did not stop cleanly");

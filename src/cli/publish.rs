@@ -74,8 +74,8 @@ pub async fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| {
                     format!(
-                        "publishing stopped after {} samples; publishing the file again is \
-                         safe for samples with an id",
+                        "publishing stopped after {} samples; publishing the file again \
+                         within 2 minutes (the duplicate window) stores each sample once",
                         totals.stored + totals.duplicates
                     )
                 })?;

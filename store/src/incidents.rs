@@ -224,3 +224,15 @@ pub async fn live_watermarks_after(
     .fetch_all(pool)
     .await
 }
+
+/// Per (rule, series), the event time of the last resolution of a live incident.
+pub async fn live_last_resolutions(
+    pool: &PgPool,
+) -> Result<Vec<(Uuid, String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT rule_id, series_key, max(resolved_at) FROM incidents
+         WHERE resolved_at IS NOT NULL AND source = 'live' GROUP BY rule_id, series_key",
+    )
+    .fetch_all(pool)
+    .await
+}

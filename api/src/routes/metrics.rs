@@ -16,6 +16,8 @@ use crate::AppState;
 
 /// Most samples accepted in one request.
 pub const MAX_SAMPLES_PER_REQUEST: usize = 10_000;
+/// Room for the largest request: 10,000 samples with ids and labels.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 pub async fn publish(
     State(state): State<AppState>,

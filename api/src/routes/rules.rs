@@ -109,6 +109,17 @@ pub async fn update(
         ));
     }
     let current = find(&state, id).await?;
+    for (field, now) in [
+        ("metric_type", json!(current.metric_type)),
+        ("service_id", json!(current.service_id)),
+    ] {
+        if patch.get(field).is_some_and(|new| *new != now) {
+            return Err(ApiError::invalid_field(
+                field,
+                "cannot change: the rule's open incidents would never resolve; create a new rule instead",
+            ));
+        }
+    }
     let mut merged = editable_fields(&current);
     for (field, value) in patch {
         merged[field] = value;

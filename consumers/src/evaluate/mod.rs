@@ -8,6 +8,7 @@
 //! already counted are recognised by stream sequence and skipped.
 
 pub mod handler;
+pub mod lease;
 pub mod recovery;
 
 use std::collections::HashSet;
@@ -38,6 +39,9 @@ pub struct Evaluator {
     engine: Engine,
     dead_letters: DeadLetters,
     known_services: HashSet<String>,
+    /// Highest METRICS sequence whose effects are durable. Samples at or below it that come
+    /// back (a lost ack, an expired `ack_wait`, a rebuilt pull stream) are acked and skipped.
+    applied_through: u64,
 }
 
 impl Evaluator {
@@ -52,6 +56,7 @@ impl Evaluator {
             spec: topology.consumer(CONSUMER).clone(),
             engine: Engine::default(),
             known_services: HashSet::new(),
+            applied_through: 0,
             js,
             pool,
             rules,
@@ -61,11 +66,41 @@ impl Evaluator {
     /// Recovers state, then evaluates until `shutdown` fires. Fails only on errors that a
     /// restart of the component would not fix by itself.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        if !self.recover(&shutdown).await? {
+        loop {
+            let Some(lease) = lease::acquire(&self.pool, &shutdown).await else {
+                return Ok(());
+            };
+            let lost = CancellationToken::new();
+            let stop = shutdown.child_token();
+            let watcher = tokio::spawn(lease.watch(stop.clone(), lost.clone()));
+            let stop_on_loss = {
+                let (lost, stop) = (lost.clone(), stop.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = lost.cancelled() => stop.cancel(),
+                        _ = stop.cancelled() => {}
+                    }
+                })
+            };
+            let result = self.evaluate_until(&stop).await;
+            stop.cancel();
+            let _ = tokio::join!(watcher, stop_on_loss);
+            if !lost.is_cancelled() {
+                return result;
+            }
+            // Another process may be the evaluator now: forget everything and queue up again.
+            tracing::warn!("lost the evaluator lease; rejoining as a standby");
+            self.engine = Engine::default();
+            self.applied_through = 0;
+        }
+    }
+
+    async fn evaluate_until(&mut self, stop: &CancellationToken) -> anyhow::Result<()> {
+        if !self.recover(stop).await? {
             return Ok(());
         }
         let (js, spec) = (self.js.clone(), self.spec.clone());
-        run_pull_loop(&js, METRICS, CONSUMER, &spec, &shutdown, &mut self).await
+        run_pull_loop(&js, METRICS, CONSUMER, &spec, stop, self).await
     }
 
     /// Applies rule changes made since the last batch.
@@ -82,21 +117,27 @@ impl Evaluator {
         let mut held = Vec::with_capacity(batch.len());
         let mut transitions = Vec::new();
         let mut new_services = Vec::new();
+        let mut last_seq = self.applied_through;
         for msg in batch {
             let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
                 tracing::warn!(subject = %msg.subject, "message without JetStream metadata");
                 continue;
             };
+            // Decode even what was applied before, so poison whose dead-lettering failed is
+            // tried again (the copy is deduplicated).
             match handler::decode(&msg) {
                 Ok(sample) => {
-                    if !self.known_services.contains(&sample.service_id) {
-                        new_services.push(sample.service_id.clone());
+                    if seq > self.applied_through {
+                        if !self.known_services.contains(&sample.service_id) {
+                            new_services.push(sample.service_id.clone());
+                        }
+                        self.engine.evaluate(&sample, seq, &mut transitions);
                     }
-                    self.engine.evaluate(&sample, seq, &mut transitions);
                     held.push(msg);
                 }
                 Err(rejection) => self.dead_letters.reject(&msg, &rejection).await,
             }
+            last_seq = last_seq.max(seq);
         }
         let evaluated = held.len();
         if !new_services.is_empty() {
@@ -132,7 +173,9 @@ impl Evaluator {
                 return;
             }
         }
+        self.applied_through = last_seq;
         ack_all(CONSUMER, &held).await;
+        telemetry::late_samples(self.engine.take_late());
         telemetry::samples_evaluated(evaluated);
         telemetry::batch_duration(CONSUMER, started.elapsed().as_secs_f64());
     }
@@ -169,6 +212,10 @@ impl Evaluator {
         for ((rule_id, series_key), seq) in restored.watermarks {
             self.engine.restore_watermark(rule_id, series_key, seq);
         }
+        for ((rule_id, series_key), at) in restored.resolutions {
+            self.engine.restore_resolution(rule_id, series_key, at);
+        }
+        self.applied_through = floor;
         tracing::info!(
             rules = self.engine.rule_count(),
             open_episodes = self.engine.open_episodes(),
@@ -176,7 +223,6 @@ impl Evaluator {
             ack_floor = floor,
             "evaluator state restored"
         );
-        rewind_if_held(&stream, position, &self.js, &self.spec).await?;
         Ok(true)
     }
 }
@@ -185,34 +231,51 @@ impl BatchHandler for Evaluator {
     async fn handle(&mut self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
         self.handle_batch(batch, shutdown).await;
     }
+
+    async fn before_pull(&mut self) -> anyhow::Result<()> {
+        position_consumer(&self.js, &self.spec, self.applied_through).await
+    }
 }
 
-/// If a previous process died holding unacked messages, the server would redeliver them only
-/// after `ack_wait`, behind newer ones. Re-create the consumer at its ack floor instead so
-/// every unfinished sample comes back in stream order.
-async fn rewind_if_held(
-    stream: &jetstream::stream::Stream,
-    position: Option<jetstream::consumer::Info>,
+/// Puts the durable consumer where evaluation must continue, before every pull.
+///
+/// Messages a dead process (or a dropped pull stream) still holds would come back only after
+/// `ack_wait`, behind newer ones; the consumer is re-created at its ack floor instead so they
+/// come back at once and in order. A missing consumer (deleted by hand) is re-created after the
+/// last sample this process applied, or at the start of the stream if it has applied none.
+async fn position_consumer(
     js: &jetstream::Context,
     spec: &ConsumerSpec,
+    applied_through: u64,
 ) -> anyhow::Result<()> {
-    let Some(info) = position else {
-        topology::ensure_consumer(js, CONSUMER, spec).await?;
-        return Ok(());
+    let stream = js.get_stream(METRICS).await.context("looking up METRICS")?;
+    let start = match stream.consumer_info(CONSUMER).await {
+        Ok(info) if info.num_ack_pending == 0 => return Ok(()),
+        Ok(info) => {
+            let start = info.ack_floor.stream_sequence + 1;
+            tracing::warn!(
+                held = info.num_ack_pending,
+                start_sequence = start,
+                "unacked samples are held elsewhere; rewinding the consumer to its ack floor"
+            );
+            stream
+                .delete_consumer(CONSUMER)
+                .await
+                .context("deleting the evaluate consumer to rewind it")?;
+            start
+        }
+        Err(_) if applied_through == 0 => {
+            topology::ensure_consumer(js, CONSUMER, spec).await?;
+            return Ok(());
+        }
+        Err(_) => {
+            tracing::warn!(
+                start_sequence = applied_through + 1,
+                "the evaluate consumer is gone; re-creating it after the last applied sample"
+            );
+            applied_through + 1
+        }
     };
-    if info.num_ack_pending == 0 {
-        return Ok(());
-    }
-    let start = info.ack_floor.stream_sequence + 1;
-    tracing::warn!(
-        held = info.num_ack_pending,
-        start_sequence = start,
-        "a previous evaluator left unacked samples; rewinding the consumer to its ack floor"
-    );
-    stream
-        .delete_consumer(CONSUMER)
-        .await
-        .context("deleting the evaluate consumer to rewind it")?;
     let mut config = spec.to_config(CONSUMER);
     config.deliver_policy = DeliverPolicy::ByStartSequence {
         start_sequence: start,
@@ -220,7 +283,7 @@ async fn rewind_if_held(
     stream
         .create_consumer(config)
         .await
-        .context("re-creating the evaluate consumer at its ack floor")?;
+        .context("re-creating the evaluate consumer")?;
     Ok(())
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use schemas::{IncidentSnapshot, IncidentTransition, Source, TransitionKind};
 use sqlx::PgPool;
@@ -29,6 +30,8 @@ pub struct Restored {
     pub open: Vec<IncidentSnapshot>,
     /// (rule id, series key) → highest sample sequence already applied.
     pub watermarks: HashMap<(Uuid, String), u64>,
+    /// (rule id, series key) → event time of the last resolution.
+    pub resolutions: HashMap<(Uuid, String), DateTime<Utc>>,
 }
 
 /// Reads the state as of the last transition published. `evaluate_floor` is the evaluator's
@@ -69,6 +72,14 @@ pub async fn restore(
         raise(&mut watermarks, rule_id, series_key, seq.max(0) as u64);
     }
 
+    let mut resolutions: HashMap<(Uuid, String), DateTime<Utc>> =
+        store::incidents::live_last_resolutions(pool)
+            .await
+            .context("loading the last resolution of each series")?
+            .into_iter()
+            .map(|(rule_id, series_key, at)| ((rule_id, series_key), at))
+            .collect();
+
     let tail = read_tail(&incidents, record_floor, last).await?;
     let mut resolved: HashSet<Uuid> = tail
         .iter()
@@ -92,6 +103,12 @@ pub async fn restore(
             i.series_key.clone(),
             i.last_sample_seq,
         );
+        if let Some(at) = i.resolved_at {
+            let last = resolutions
+                .entry((i.rule_id, i.series_key.clone()))
+                .or_insert(at);
+            *last = (*last).max(at);
+        }
         if open
             .get(&i.id)
             .is_none_or(|known| known.last_sample_seq <= i.last_sample_seq)
@@ -103,6 +120,7 @@ pub async fn restore(
     Ok(Restored {
         open: open.into_values().collect(),
         watermarks,
+        resolutions,
     })
 }
 
