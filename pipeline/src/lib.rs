@@ -8,6 +8,7 @@
 pub mod engine;
 pub mod identity;
 pub mod rule;
+pub mod window;
 
 pub use engine::Engine;
 pub use rule::Rule;

@@ -86,6 +86,44 @@ string_enum!(
 );
 
 string_enum!(
+    /// How a rule reduces the samples in its window to one value.
+    Aggregation {
+        Last = "last", Avg = "avg", Min = "min", Max = "max", Sum = "sum", Count = "count",
+        P50 = "p50", P90 = "p90", P95 = "p95", P99 = "p99", Rate = "rate",
+    }
+);
+
+string_enum!(
+    /// What a rule watches for: a value against a threshold, or samples going missing.
+    RuleKind { Threshold = "threshold", Absent = "absent" }
+);
+
+impl Aggregation {
+    /// The quantile of a percentile aggregation (0.95 for `p95`); 0 for the others.
+    pub fn quantile(self) -> f64 {
+        match self {
+            Aggregation::P50 => 0.50,
+            Aggregation::P90 => 0.90,
+            Aggregation::P95 => 0.95,
+            Aggregation::P99 => 0.99,
+            _ => 0.0,
+        }
+    }
+
+    /// Whether the window must keep its values sorted (min, max and percentiles).
+    pub fn needs_sorted(self) -> bool {
+        !matches!(
+            self,
+            Aggregation::Last
+                | Aggregation::Avg
+                | Aggregation::Sum
+                | Aggregation::Count
+                | Aggregation::Rate
+        )
+    }
+}
+
+string_enum!(
     /// What happened to an incident.
     TransitionKind { Opened = "opened", Updated = "updated", Resolved = "resolved" }
 );

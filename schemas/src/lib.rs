@@ -6,6 +6,7 @@
 //! Everything here is plain data and pure functions, so publishers, consumers and the API decode
 //! and validate exactly the same way.
 
+pub mod duration;
 pub mod headers;
 pub mod incident;
 pub mod raw;
@@ -13,9 +14,10 @@ pub mod sample;
 pub mod series;
 pub mod subject;
 
+pub use duration::Span;
 pub use incident::{
-    IncidentSnapshot, IncidentStatus, IncidentTransition, Operator, ParseEnumError, Severity,
-    Source, TransitionKind,
+    Aggregation, IncidentSnapshot, IncidentStatus, IncidentTransition, Operator, ParseEnumError,
+    RuleKind, Severity, Source, TransitionKind,
 };
 pub use sample::{DecodeError, Encoding, FieldError, MetricSample};
 pub use subject::SubjectError;
