@@ -105,6 +105,7 @@ fn expected(samples: &[MetricSample], rules: Vec<pipeline::Rule>) -> Outcome {
     for (i, s) in samples.iter().enumerate() {
         engine.evaluate(s, i as u64 + 1, &mut out);
     }
+    engine.flush(&mut out);
     let mut outcome = Outcome::new();
     for t in out {
         let i = t.incident;

@@ -142,6 +142,11 @@ pub trait BatchHandler {
     fn before_pull(&mut self) -> impl Future<Output = anyhow::Result<()>> + Send {
         async { Ok(()) }
     }
+
+    /// Runs about once a second between batches, for work driven by the passing of time.
+    fn tick(&mut self, _shutdown: &CancellationToken) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 /// Pulls batches from the durable consumer `name` on `stream` and hands them to `handler` until
@@ -183,10 +188,16 @@ pub async fn run_pull_loop(
                 continue;
             }
         };
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let batch = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = ticks.tick() => {
+                    handler.tick(shutdown).await;
+                    continue;
+                }
                 batch = next_batch(&mut messages, spec.max_batch) => batch,
             };
             let Some(batch) = batch else { break };

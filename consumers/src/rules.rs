@@ -17,15 +17,11 @@ const SAFETY_NET: Duration = Duration::from_secs(30);
 
 pub fn to_engine_rule(r: &RuleRecord) -> Rule {
     Rule {
-        id: r.id,
-        name: r.name.clone(),
-        metric_type: r.metric_type.clone(),
         service_id: r.service_id.clone(),
-        operator: r.operator,
-        threshold: r.threshold,
-        severity: r.severity,
         department_id: r.department_id,
         enabled: r.enabled,
+        id: r.id,
+        ..Rule::threshold(&r.name, &r.metric_type, r.operator, r.threshold, r.severity)
     }
 }
 

@@ -1,49 +1,117 @@
-//! Per-(rule, series) episode state for seed-style threshold rules.
+//! Per-(rule, series) state: windows over event time, pending periods, hysteresis and absence.
 //!
-//! A violating sample opens an episode (and with it one incident); further violations update
-//! that incident; the first non-violating sample resolves it and ends the episode, so a later
-//! violation opens a new incident. Each transition carries a full [`IncidentSnapshot`].
+//! Each (rule, series) moves OK → PENDING → FIRING → OK:
+//! - Samples are placed in the rule's window by event time. A sample may arrive up to the
+//!   allowed lateness behind the newest sample of its series; the window only evaluates a point
+//!   once the series' watermark (its newest sample time, advanced by idle processing time in
+//!   live operation) is past it by that much. Evaluation points are the sample times, in order.
+//!   A sample at or before the last evaluated point is late: counted and dropped. Rules without
+//!   a window have no lateness and judge each sample as it arrives.
+//! - At each point the window's aggregate is compared with the threshold. A violation starts a
+//!   PENDING period; once it has held for `pending_for` the rule FIRES and opens one incident,
+//!   whose id is derived from the rule, the series and the pending period's start.
+//! - While FIRING, violations update the incident. It resolves once the value has been back past
+//!   the clear threshold for `clear_for`; a violation in between keeps it open.
+//! - `absent` rules fire at `last sample + window` when a series falls silent, and resolve at
+//!   the sample that ends the silence.
 //!
-//! Samples carry their METRICS stream sequence. An episode remembers the last sequence applied
-//! to it and ignores samples at or below it, so a sample delivered again after a crash is not
-//! counted twice. After a restart the engine is also given watermarks for episodes that ended
-//! recently, so re-reading the samples of an episode that already resolved cannot open a
-//! phantom one.
-//!
-//! Event time only moves forward within a (rule, series): a violation at or before the last
-//! resolution cannot open a new episode (its id would be the resolved one's), and a
-//! non-violating sample older than the open episode's last violation cannot resolve it. Such
-//! samples are late: they are counted and dropped.
+//! Samples carry their METRICS stream sequence; after a restart the engine is given each
+//! (rule, series)'s open incident, highest applied sequence and last resolution, so samples read
+//! again change nothing.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeZone, Utc};
+use rustc_hash::{FxHashMap, FxHasher};
 use schemas::{
-    IncidentSnapshot, IncidentTransition, MetricSample, Operator, Source, TransitionKind,
+    IncidentSnapshot, IncidentTransition, MetricSample, Operator, RuleKind, Source, Span,
+    TransitionKind,
 };
+use std::hash::{Hash, Hasher};
 use uuid::Uuid;
 
 use crate::identity::incident_id;
 use crate::rule::Rule;
+use crate::window::Window;
 
-/// Open episodes keyed by (rule id, series key).
-type EpisodeKey = (Uuid, String);
+/// The default allowed lateness for windows.
+pub const DEFAULT_LATENESS: Span = Span(30_000);
+
+#[derive(Debug)]
+pub struct Engine {
+    rules: Vec<Rule>,
+    slots: FxHashMap<Uuid, usize>,
+    /// Rule slots per metric type: the rules a sample can meet.
+    by_metric: FxHashMap<String, Vec<usize>>,
+    series: Vec<Series>,
+    /// Series hash → indexes into `series` with that hash.
+    index: FxHashMap<u64, Vec<u32>>,
+    /// Restored state waiting for its series to be seen, by (rule id, series key).
+    restores: FxHashMap<(Uuid, String), Restore>,
+    /// Firing states with unpublished updates: (series, state) indexes.
+    dirty: Vec<(u32, u32)>,
+    allowed_lateness: Span,
+    idle_advance: bool,
+    source: Source,
+    late: u64,
+}
+
+#[derive(Debug)]
+struct Series {
+    key: String,
+    service_id: String,
+    metric_type: String,
+    labels: BTreeMap<String, String>,
+    states: Vec<RuleState>,
+}
+
+#[derive(Debug)]
+struct RuleState {
+    rule: Uuid,
+    slot: usize,
+    phase: Phase,
+    window: Window,
+    /// The last evaluation point; samples at or before it are late.
+    last_point: Option<i64>,
+    /// Newest sample time of the series, and the processing time when it was seen.
+    watermark: Option<i64>,
+    seen_at: i64,
+    applied_seq: u64,
+    last_resolved_at: Option<i64>,
+    dirty: bool,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Ok,
+    Pending {
+        since: i64,
+    },
+    Firing {
+        incident: Box<IncidentSnapshot>,
+        clear_since: Option<i64>,
+    },
+}
 
 #[derive(Debug, Default)]
-pub struct Engine {
-    rules: HashMap<Uuid, Rule>,
-    /// Enabled rules per metric type, so a sample only meets the rules that can select it.
-    by_metric: HashMap<String, Vec<Uuid>>,
-    episodes: HashMap<EpisodeKey, IncidentSnapshot>,
-    /// Restored sequence watermarks: samples at or below them were already applied. Cleared
-    /// once the stream has moved past all of them.
-    watermarks: HashMap<EpisodeKey, u64>,
-    highest_watermark: u64,
-    /// Event time of the last resolution per (rule, series).
-    resolved: HashMap<EpisodeKey, DateTime<Utc>>,
-    /// Samples dropped as late since the last [`Engine::take_late`].
-    late: u64,
-    source: Option<Source>,
+struct Restore {
+    applied_seq: u64,
+    resolved_at: Option<i64>,
+    open: Option<IncidentSnapshot>,
+}
+
+/// What one evaluation needs to know about the series.
+struct SeriesInfo<'a> {
+    key: &'a str,
+    service_id: &'a str,
+    metric_type: &'a str,
+    labels: &'a BTreeMap<String, String>,
+}
+
+impl Default for Engine {
+    fn default() -> Engine {
+        Engine::with_source(Vec::new(), Source::Live)
+    }
 }
 
 impl Engine {
@@ -55,61 +123,113 @@ impl Engine {
     /// An engine whose incidents are marked with `source` (live or backfill).
     pub fn with_source(rules: Vec<Rule>, source: Source) -> Engine {
         let mut engine = Engine {
-            source: Some(source),
-            ..Engine::default()
+            rules: Vec::new(),
+            slots: FxHashMap::default(),
+            by_metric: FxHashMap::default(),
+            series: Vec::new(),
+            index: FxHashMap::default(),
+            restores: FxHashMap::default(),
+            dirty: Vec::new(),
+            allowed_lateness: DEFAULT_LATENESS,
+            idle_advance: true,
+            source,
+            late: 0,
         };
         engine.set_rules(rules);
         engine
     }
 
-    /// Replaces the rule set. Episodes of rules that no longer exist are forgotten; episodes of
-    /// disabled rules are kept so that re-enabling continues them.
+    /// How far behind its series' newest sample a sample may arrive and still count in windows.
+    pub fn set_allowed_lateness(&mut self, lateness: Span) {
+        self.allowed_lateness = lateness;
+    }
+
+    /// Whether [`Engine::tick`] advances idle series by processing time (live operation), or
+    /// time moves only with samples (replays, for results that do not depend on speed).
+    pub fn set_idle_advance(&mut self, on: bool) {
+        self.idle_advance = on;
+    }
+
+    /// Replaces the rule set. State of rules that no longer exist is dropped; state of disabled
+    /// rules is kept so that re-enabling continues it.
     pub fn set_rules(&mut self, rules: Vec<Rule>) {
-        self.rules = rules.into_iter().map(|r| (r.id, r)).collect();
+        self.rules = rules;
+        self.slots = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.id, i))
+            .collect();
         self.by_metric.clear();
-        for rule in self.rules.values().filter(|r| r.enabled) {
+        for (slot, rule) in self.rules.iter().enumerate() {
             self.by_metric
                 .entry(rule.metric_type.clone())
                 .or_default()
-                .push(rule.id);
+                .push(slot);
         }
-        for ids in self.by_metric.values_mut() {
-            ids.sort_unstable();
+        let (rules, slots) = (&self.rules, &self.slots);
+        for series in &mut self.series {
+            series
+                .states
+                .retain_mut(|state| match slots.get(&state.rule) {
+                    Some(&slot) => {
+                        state.slot = slot;
+                        true
+                    }
+                    None => false,
+                });
+            for (slot, rule) in rules.iter().enumerate() {
+                let known = series.states.iter().any(|s| s.rule == rule.id);
+                if !known && rule.selects(&series.service_id, &series.metric_type, &series.labels) {
+                    series
+                        .states
+                        .push(new_state(rule, slot, &series.key, &mut self.restores));
+                }
+            }
         }
-        let rules = &self.rules;
-        self.episodes
-            .retain(|(rule_id, _), _| rules.contains_key(rule_id));
+        self.dirty = self
+            .series
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| {
+                s.states
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, st)| st.dirty)
+                    .map(move |(j, _)| (i as u32, j as u32))
+            })
+            .collect();
     }
 
-    /// Restores open episodes, for example from the unresolved incidents after a restart. If two
-    /// snapshots claim the same (rule, series), the one with the later sample wins.
+    /// Restores open incidents, for example the unresolved ones after a restart.
     pub fn restore(&mut self, open: impl IntoIterator<Item = IncidentSnapshot>) {
         for incident in open {
             if incident.resolved_at.is_some() {
                 continue;
             }
             let key = (incident.rule_id, incident.series_key.clone());
-            match self.episodes.get(&key) {
-                Some(known) if known.last_sample_seq > incident.last_sample_seq => {}
-                _ => {
-                    self.episodes.insert(key, incident);
-                }
+            let restore = self.restores.entry(key).or_default();
+            let newer = restore
+                .open
+                .as_ref()
+                .is_none_or(|known| known.last_sample_seq <= incident.last_sample_seq);
+            if newer {
+                restore.open = Some(incident);
             }
         }
     }
 
-    /// Marks samples of a (rule, series) up to `seq` as already applied, so that re-reading them
-    /// after a restart changes nothing even when their episode has since resolved.
+    /// Marks samples of a (rule, series) up to `seq` as already applied.
     pub fn restore_watermark(&mut self, rule_id: Uuid, series_key: String, seq: u64) {
-        let mark = self.watermarks.entry((rule_id, series_key)).or_insert(0);
-        *mark = (*mark).max(seq);
-        self.highest_watermark = self.highest_watermark.max(seq);
+        let restore = self.restores.entry((rule_id, series_key)).or_default();
+        restore.applied_seq = restore.applied_seq.max(seq);
     }
 
     /// Restores the event time of the last resolution of a (rule, series).
     pub fn restore_resolution(&mut self, rule_id: Uuid, series_key: String, at: DateTime<Utc>) {
-        let last = self.resolved.entry((rule_id, series_key)).or_insert(at);
-        *last = (*last).max(at);
+        let restore = self.restores.entry((rule_id, series_key)).or_default();
+        let at = at.timestamp_millis();
+        restore.resolved_at = Some(restore.resolved_at.map_or(at, |r| r.max(at)));
     }
 
     /// How many samples were dropped as late since the last call.
@@ -117,121 +237,453 @@ impl Engine {
         std::mem::take(&mut self.late)
     }
 
+    /// Open incidents, including restored ones whose series has not been seen yet.
     pub fn open_episodes(&self) -> usize {
-        self.episodes.len()
+        let live = self
+            .series
+            .iter()
+            .flat_map(|s| &s.states)
+            .filter(|st| matches!(st.phase, Phase::Firing { .. }))
+            .count();
+        live + self.restores.values().filter(|r| r.open.is_some()).count()
     }
 
     pub fn rule_count(&self) -> usize {
         self.rules.len()
     }
 
-    /// Evaluates one sample against every enabled rule that selects its series and appends the
-    /// resulting transitions to `out`. `seq` is the sample's stream sequence (0 when unknown).
+    /// Number of (rule, series) states held.
+    pub fn state_count(&self) -> usize {
+        self.series.iter().map(|s| s.states.len()).sum()
+    }
+
+    /// Approximate bytes held by the engine's series and (rule, series) states.
+    pub fn state_bytes(&self) -> usize {
+        let per_series = std::mem::size_of::<Series>() + std::mem::size_of::<u64>() * 2;
+        self.series
+            .iter()
+            .map(|s| {
+                per_series
+                    + s.key.capacity()
+                    + s.service_id.capacity()
+                    + s.metric_type.capacity()
+                    + s.states.capacity() * std::mem::size_of::<RuleState>()
+                    + s.states
+                        .iter()
+                        .map(|st| {
+                            st.window.heap_bytes()
+                                + match &st.phase {
+                                    Phase::Firing { .. } => std::mem::size_of::<IncidentSnapshot>(),
+                                    _ => 0,
+                                }
+                        })
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Evaluates one sample, with no processing time (as in replays and tests).
     pub fn evaluate(&mut self, sample: &MetricSample, seq: u64, out: &mut Vec<IncidentTransition>) {
-        if !self.watermarks.is_empty() && seq > self.highest_watermark {
-            self.watermarks = HashMap::new();
-        }
-        let Some(rule_ids) = self.by_metric.get(&sample.metric_type) else {
+        self.evaluate_at(sample, seq, 0, out);
+    }
+
+    /// Evaluates one sample against every enabled rule that selects its series and appends the
+    /// resulting opened and resolved transitions to `out`; updates to open incidents are
+    /// collected and emitted by [`Engine::flush`]. `seq` is the sample's stream sequence (0 when
+    /// unknown) and `now_ms` the processing time, used to advance idle series in
+    /// [`Engine::tick`].
+    pub fn evaluate_at(
+        &mut self,
+        sample: &MetricSample,
+        seq: u64,
+        now_ms: i64,
+        out: &mut Vec<IncidentTransition>,
+    ) {
+        if !self.by_metric.contains_key(sample.metric_type.as_str()) {
             return;
+        }
+        let sid = self.intern(sample);
+        let t = sample.recorded_at.timestamp_millis();
+        let Engine {
+            rules,
+            series,
+            dirty,
+            allowed_lateness,
+            source,
+            late,
+            ..
+        } = self;
+        let series = &mut series[sid as usize];
+        let info = SeriesInfo {
+            key: &series.key,
+            service_id: &series.service_id,
+            metric_type: &series.metric_type,
+            labels: &series.labels,
         };
-        let mut series_key = None;
-        for rule_id in rule_ids {
-            let rule = &self.rules[rule_id];
-            if !rule.selects(&sample.service_id, &sample.metric_type) {
+        for (i, state) in series.states.iter_mut().enumerate() {
+            let rule = &rules[state.slot];
+            if !rule.enabled || (seq != 0 && seq <= state.applied_seq) {
                 continue;
             }
-            let key = (
-                rule.id,
-                series_key
-                    .get_or_insert_with(|| sample.series_key())
-                    .clone(),
+            state.applied_seq = state.applied_seq.max(seq);
+            let mut ctx = Step {
+                rule,
+                info: &info,
+                source: *source,
+                out: &mut *out,
+            };
+            let was_dirty = state.dirty;
+            match rule.kind {
+                RuleKind::Absent => on_absent_sample(state, t, now_ms, &mut ctx),
+                RuleKind::Threshold if state.last_point.is_some_and(|e| t <= e) => *late += 1,
+                RuleKind::Threshold if rule.judges_single_samples() => {
+                    state.last_point = Some(t);
+                    state.watermark = Some(state.watermark.map_or(t, |w| w.max(t)));
+                    step(state, t, Some(sample.value), &mut ctx);
+                }
+                RuleKind::Threshold => {
+                    state.window.push(t, sample.value);
+                    let watermark = state.watermark.map_or(t, |w| w.max(t));
+                    if Some(watermark) != state.watermark {
+                        state.watermark = Some(watermark);
+                        state.seen_at = now_ms;
+                    }
+                    drain(
+                        state,
+                        watermark - rule.lateness(*allowed_lateness),
+                        &mut ctx,
+                    );
+                }
+            }
+            if state.dirty && !was_dirty {
+                dirty.push((sid, i as u32));
+            }
+        }
+    }
+
+    /// Advances every idle series by the processing time since its newest sample, evaluating
+    /// what that makes final and firing `absent` rules whose silence has lasted. Call it
+    /// periodically in live operation; it does nothing when idle advance is off.
+    pub fn tick(&mut self, now_ms: i64, out: &mut Vec<IncidentTransition>) {
+        if self.idle_advance {
+            self.advance(
+                |state| state.watermark.map(|w| w + (now_ms - state.seen_at).max(0)),
+                out,
             );
-            if seq != 0 && self.watermarks.get(&key).is_some_and(|&mark| seq <= mark) {
+        }
+    }
+
+    /// Treats event time as having reached `at` for every series (the end of a replay).
+    pub fn finish(&mut self, at: DateTime<Utc>, out: &mut Vec<IncidentTransition>) {
+        let at = at.timestamp_millis();
+        self.advance(|state| Some(state.watermark.map_or(at, |w| w.max(at))), out);
+    }
+
+    fn advance(
+        &mut self,
+        watermark: impl Fn(&RuleState) -> Option<i64>,
+        out: &mut Vec<IncidentTransition>,
+    ) {
+        let Engine {
+            rules,
+            series,
+            dirty,
+            allowed_lateness,
+            source,
+            ..
+        } = self;
+        for (sid, series) in series.iter_mut().enumerate() {
+            let info = SeriesInfo {
+                key: &series.key,
+                service_id: &series.service_id,
+                metric_type: &series.metric_type,
+                labels: &series.labels,
+            };
+            for (i, state) in series.states.iter_mut().enumerate() {
+                let rule = &rules[state.slot];
+                let Some(watermark) = watermark(state) else {
+                    continue;
+                };
+                if !rule.enabled || rule.judges_single_samples() {
+                    continue;
+                }
+                let mut ctx = Step {
+                    rule,
+                    info: &info,
+                    source: *source,
+                    out: &mut *out,
+                };
+                let frontier = watermark - rule.lateness(*allowed_lateness);
+                let was_dirty = state.dirty;
+                match rule.kind {
+                    RuleKind::Absent => check_silence(state, frontier, &mut ctx),
+                    RuleKind::Threshold => drain(state, frontier, &mut ctx),
+                }
+                if state.dirty && !was_dirty {
+                    dirty.push((sid as u32, i as u32));
+                }
+            }
+        }
+    }
+
+    /// Emits one `updated` transition for every open incident that changed since the last
+    /// flush. Call it after each batch.
+    pub fn flush(&mut self, out: &mut Vec<IncidentTransition>) {
+        for (sid, i) in self.dirty.drain(..) {
+            let Some(state) = self
+                .series
+                .get_mut(sid as usize)
+                .and_then(|s| s.states.get_mut(i as usize))
+            else {
+                continue;
+            };
+            if !std::mem::take(&mut state.dirty) {
                 continue;
             }
-            let source = self.source.unwrap_or(Source::Live);
-            let violated = rule.violated_by(sample.value);
-            let at = sample.recorded_at;
-            match self.episodes.get_mut(&key) {
-                Some(open) if seq != 0 && seq <= open.last_sample_seq => {}
-                Some(open) if violated => {
-                    apply_violation(open, sample, seq);
-                    out.push(transition(TransitionKind::Updated, sample, open.clone()));
+            if let Phase::Firing { incident, .. } = &state.phase {
+                out.push(IncidentTransition {
+                    kind: TransitionKind::Updated,
+                    at: incident.last_violation_at,
+                    incident: (**incident).clone(),
+                });
+            }
+        }
+    }
+
+    /// The series index of a sample, creating the series (and its rule states) on first sight.
+    fn intern(&mut self, sample: &MetricSample) -> u32 {
+        let mut hasher = FxHasher::default();
+        sample.metric_type.hash(&mut hasher);
+        sample.service_id.hash(&mut hasher);
+        sample.labels.hash(&mut hasher);
+        let hash = hasher.finish();
+        if let Some(candidates) = self.index.get(&hash) {
+            for &sid in candidates {
+                let s = &self.series[sid as usize];
+                if s.metric_type == sample.metric_type
+                    && s.service_id == sample.service_id
+                    && s.labels == sample.labels
+                {
+                    return sid;
                 }
-                Some(open) if at < open.last_violation_at => self.late += 1,
-                Some(_) => {
-                    let mut closed = self.episodes.remove(&key).expect("episode exists");
-                    closed.last_value = sample.value;
-                    closed.last_sample_seq = seq.max(closed.last_sample_seq);
-                    closed.resolved_at = Some(at);
-                    out.push(transition(TransitionKind::Resolved, sample, closed));
-                    self.resolved.insert(key, at);
+            }
+        }
+        let key = sample.series_key();
+        let mut states = Vec::new();
+        for (slot, rule) in self.rules.iter().enumerate() {
+            if rule.selects(&sample.service_id, &sample.metric_type, &sample.labels) {
+                states.push(new_state(rule, slot, &key, &mut self.restores));
+            }
+        }
+        let sid = self.series.len() as u32;
+        self.series.push(Series {
+            key,
+            service_id: sample.service_id.clone(),
+            metric_type: sample.metric_type.clone(),
+            labels: sample.labels.clone(),
+            states,
+        });
+        self.index.entry(hash).or_default().push(sid);
+        sid
+    }
+}
+
+fn new_state(
+    rule: &Rule,
+    slot: usize,
+    series_key: &str,
+    restores: &mut FxHashMap<(Uuid, String), Restore>,
+) -> RuleState {
+    let mut state = RuleState {
+        rule: rule.id,
+        slot,
+        phase: Phase::Ok,
+        window: Window::default(),
+        last_point: None,
+        watermark: None,
+        seen_at: 0,
+        applied_seq: 0,
+        last_resolved_at: None,
+        dirty: false,
+    };
+    if let Some(restore) = restores.remove(&(rule.id, series_key.to_owned())) {
+        state.applied_seq = restore.applied_seq;
+        state.last_resolved_at = restore.resolved_at;
+        state.last_point = restore.resolved_at;
+        if let Some(mut incident) = restore.open {
+            let last = incident.last_violation_at.timestamp_millis();
+            state.last_point = Some(state.last_point.map_or(last, |p| p.max(last)));
+            state.applied_seq = state.applied_seq.max(incident.last_sample_seq);
+            incident.auto_resolve = rule.auto_resolve;
+            state.phase = Phase::Firing {
+                incident: Box::new(incident),
+                clear_since: None,
+            };
+        }
+    }
+    state
+}
+
+/// Everything a state transition needs besides the state.
+struct Step<'a> {
+    rule: &'a Rule,
+    info: &'a SeriesInfo<'a>,
+    source: Source,
+    out: &'a mut Vec<IncidentTransition>,
+}
+
+/// Evaluates every point of the window up to `frontier`.
+fn drain(state: &mut RuleState, frontier: i64, ctx: &mut Step) {
+    let (width, aggregation) = (ctx.rule.window.millis(), ctx.rule.aggregation);
+    while let Some(point) = state.window.next_point(frontier) {
+        state.window.slide_to(point, width, aggregation);
+        state.last_point = Some(point);
+        let value = state.window.value(aggregation);
+        step(state, point, value, ctx);
+    }
+}
+
+/// One evaluation of a threshold rule at `point`.
+fn step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &mut Step) {
+    let rule = ctx.rule;
+    let violating = value.is_some_and(|v| rule.violated_by(v));
+    match &mut state.phase {
+        Phase::Ok | Phase::Pending { .. } if !violating => state.phase = Phase::Ok,
+        Phase::Ok if rule.pending_for.is_zero() => open(state, point, point, value, ctx),
+        Phase::Ok => state.phase = Phase::Pending { since: point },
+        Phase::Pending { since } => {
+            let since = *since;
+            if point - since >= rule.pending_for.millis() {
+                open(state, since, point, value, ctx);
+            }
+        }
+        Phase::Firing {
+            incident,
+            clear_since,
+        } => {
+            if violating {
+                let v = value.expect("a violation has a value");
+                incident.last_value = v;
+                incident.peak_value = worse(incident.operator, incident.peak_value, v);
+                incident.violation_count += 1;
+                incident.last_violation_at = at(point);
+                incident.last_sample_seq = state.applied_seq;
+                *clear_since = None;
+                state.dirty = true;
+            } else if value.is_none_or(|v| rule.cleared_by(v)) {
+                let since = *clear_since.get_or_insert(point);
+                if point - since >= rule.clear_for.millis() {
+                    resolve(state, point, value, ctx);
                 }
-                None if violated && self.resolved.get(&key).is_some_and(|&last| at <= last) => {
-                    self.late += 1;
-                }
-                None if violated => {
-                    let opened = open_incident(rule, key.1.clone(), sample, seq, source);
-                    out.push(transition(TransitionKind::Opened, sample, opened.clone()));
-                    self.episodes.insert(key, opened);
-                }
-                None => {}
+            } else {
+                *clear_since = None;
             }
         }
     }
 }
 
-fn transition(
-    kind: TransitionKind,
-    sample: &MetricSample,
-    incident: IncidentSnapshot,
-) -> IncidentTransition {
-    IncidentTransition {
-        kind,
-        at: sample.recorded_at,
-        incident,
+fn open(state: &mut RuleState, episode_start: i64, point: i64, value: Option<f64>, ctx: &mut Step) {
+    // A new episode cannot start at or before the last resolution: it would reuse its id.
+    if state.last_resolved_at.is_some_and(|r| episode_start <= r) {
+        state.phase = Phase::Ok;
+        return;
     }
-}
-
-fn open_incident(
-    rule: &Rule,
-    series_key: String,
-    sample: &MetricSample,
-    seq: u64,
-    source: Source,
-) -> IncidentSnapshot {
-    let id = incident_id(rule.id, &series_key, sample.recorded_at);
-    IncidentSnapshot {
-        id,
+    let rule = ctx.rule;
+    let value = value.unwrap_or_default();
+    let incident = IncidentSnapshot {
+        id: incident_id(rule.id, ctx.info.key, at(episode_start)),
         rule_id: rule.id,
         rule_name: rule.name.clone(),
-        service_id: sample.service_id.clone(),
-        metric_type: sample.metric_type.clone(),
-        message: message(rule, sample),
-        series_key,
-        labels: sample.labels.clone(),
+        service_id: ctx.info.service_id.to_owned(),
+        metric_type: ctx.info.metric_type.to_owned(),
+        series_key: ctx.info.key.to_owned(),
+        labels: ctx.info.labels.clone(),
         department_id: rule.department_id,
         severity: rule.severity,
         operator: rule.operator,
         threshold: rule.threshold,
-        value: sample.value,
-        peak_value: sample.value,
-        last_value: sample.value,
+        message: message(rule, ctx.info, value),
+        value,
+        peak_value: value,
+        last_value: value,
         violation_count: 1,
-        opened_at: sample.recorded_at,
-        last_violation_at: sample.recorded_at,
+        opened_at: at(point),
+        last_violation_at: at(point),
         resolved_at: None,
-        source,
-        last_sample_seq: seq,
+        source: ctx.source,
+        last_sample_seq: state.applied_seq,
+        auto_resolve: rule.auto_resolve,
+    };
+    ctx.out.push(IncidentTransition {
+        kind: TransitionKind::Opened,
+        at: at(point),
+        incident: incident.clone(),
+    });
+    state.phase = Phase::Firing {
+        incident: Box::new(incident),
+        clear_since: None,
+    };
+    state.dirty = false;
+}
+
+fn resolve(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &mut Step) {
+    let Phase::Firing { mut incident, .. } = std::mem::replace(&mut state.phase, Phase::Ok) else {
+        return;
+    };
+    if let Some(v) = value {
+        incident.last_value = v;
+    }
+    incident.resolved_at = Some(at(point));
+    incident.last_sample_seq = state.applied_seq;
+    state.last_resolved_at = Some(point);
+    state.dirty = false;
+    ctx.out.push(IncidentTransition {
+        kind: TransitionKind::Resolved,
+        at: at(point),
+        incident: *incident,
+    });
+}
+
+/// A sample of a series watched by an `absent` rule: it ends a silence, and first reveals one
+/// that outlasted the window while nobody was looking.
+fn on_absent_sample(state: &mut RuleState, t: i64, now_ms: i64, ctx: &mut Step) {
+    let width = ctx.rule.window.millis();
+    if let Some(last) = state.watermark {
+        if t > last + width && matches!(state.phase, Phase::Ok) {
+            open_silence(state, last, ctx);
+        }
+    }
+    if let Phase::Firing { incident, .. } = &state.phase {
+        if t > incident.opened_at.timestamp_millis() {
+            let silence = (t - state.watermark.unwrap_or(t)) as f64 / 1000.0;
+            resolve(state, t, Some(silence), ctx);
+        }
+    }
+    if state.watermark.is_none_or(|w| t > w) {
+        state.watermark = Some(t);
+        state.seen_at = now_ms;
     }
 }
 
-fn apply_violation(open: &mut IncidentSnapshot, sample: &MetricSample, seq: u64) {
-    open.last_value = sample.value;
-    open.peak_value = worse(open.operator, open.peak_value, sample.value);
-    open.violation_count += 1;
-    open.last_violation_at = open.last_violation_at.max(sample.recorded_at);
-    open.last_sample_seq = seq.max(open.last_sample_seq);
+/// Fires an `absent` rule whose silence has lasted past the frontier.
+fn check_silence(state: &mut RuleState, frontier: i64, ctx: &mut Step) {
+    if let (Some(last), Phase::Ok) = (state.watermark, &state.phase) {
+        if frontier >= last + ctx.rule.window.millis() {
+            open_silence(state, last, ctx);
+        }
+    }
+}
+
+fn open_silence(state: &mut RuleState, last: i64, ctx: &mut Step) {
+    let width = ctx.rule.window.millis();
+    let seconds = width as f64 / 1000.0;
+    open(state, last + width, last + width, Some(seconds), ctx);
+}
+
+fn at(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .expect("event times are within chrono's range")
 }
 
 /// The peak is the value furthest past the threshold: the lowest for `<` rules, else the highest.
@@ -242,259 +694,38 @@ fn worse(operator: Operator, a: f64, b: f64) -> f64 {
     }
 }
 
-fn message(rule: &Rule, sample: &MetricSample) -> String {
-    let mut msg = format!(
-        "{} {} {} {} on {}",
-        sample.metric_type, sample.value, rule.operator, rule.threshold, sample.service_id
-    );
-    if !sample.labels.is_empty() {
-        let labels: Vec<String> = sample
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        msg.push_str(&format!(" ({})", labels.join(", ")));
+fn message(rule: &Rule, series: &SeriesInfo, value: f64) -> String {
+    let subject = match (rule.kind, rule.window.is_zero(), rule.aggregation) {
+        (RuleKind::Absent, ..) => {
+            format!(
+                "no {} samples for {} on {}",
+                series.metric_type, rule.window, series.service_id
+            )
+        }
+        (_, true, schemas::Aggregation::Last) => format!(
+            "{} {} {} {} on {}",
+            series.metric_type, value, rule.operator, rule.threshold, series.service_id
+        ),
+        (_, _, aggregation) => format!(
+            "{aggregation}({} over {}) {} {} {} on {}",
+            series.metric_type,
+            rule.window,
+            value,
+            rule.operator,
+            rule.threshold,
+            series.service_id
+        ),
+    };
+    if series.labels.is_empty() {
+        return subject;
     }
-    msg
+    let labels: Vec<String> = series
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    format!("{subject} ({})", labels.join(", "))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::Duration;
-    use schemas::Severity;
-
-    fn rule(metric: &str, op: Operator, threshold: f64) -> Rule {
-        Rule {
-            id: Uuid::new_v4(),
-            name: format!("{metric} {op} {threshold}"),
-            metric_type: metric.into(),
-            service_id: None,
-            operator: op,
-            threshold,
-            severity: Severity::High,
-            department_id: None,
-            enabled: true,
-        }
-    }
-
-    fn t0() -> DateTime<Utc> {
-        "2026-03-12T09:00:00Z".parse().unwrap()
-    }
-
-    fn sample(service: &str, metric: &str, value: f64, secs: i64) -> MetricSample {
-        MetricSample {
-            service_id: service.into(),
-            metric_type: metric.into(),
-            value,
-            recorded_at: t0() + Duration::seconds(secs),
-            id: None,
-            labels: Default::default(),
-        }
-    }
-
-    fn run(engine: &mut Engine, samples: &[MetricSample]) -> Vec<IncidentTransition> {
-        let mut out = Vec::new();
-        for (i, s) in samples.iter().enumerate() {
-            engine.evaluate(s, i as u64 + 1, &mut out);
-        }
-        out
-    }
-
-    fn kinds(out: &[IncidentTransition]) -> Vec<TransitionKind> {
-        out.iter().map(|t| t.kind).collect()
-    }
-
-    #[test]
-    fn consecutive_violations_open_one_incident() {
-        let mut engine = Engine::new(vec![rule("LATENCY_MS", Operator::Gt, 150.0)]);
-        let samples: Vec<_> = (0..1000)
-            .map(|i| sample("S1", "LATENCY_MS", 151.0 + i as f64, i))
-            .collect();
-        let out = run(&mut engine, &samples);
-        assert_eq!(out[0].kind, TransitionKind::Opened);
-        assert!(out[1..].iter().all(|t| t.kind == TransitionKind::Updated));
-        let last = &out.last().unwrap().incident;
-        assert!(out.iter().all(|t| t.incident.id == out[0].incident.id));
-        assert_eq!(last.violation_count, 1000);
-        assert_eq!(last.peak_value, 1150.0);
-        assert_eq!(last.value, 151.0);
-        assert_eq!(last.last_violation_at, t0() + Duration::seconds(999));
-    }
-
-    #[test]
-    fn recovery_ends_the_episode() {
-        let mut engine = Engine::new(vec![rule("LATENCY_MS", Operator::Gt, 150.0)]);
-        let out = run(
-            &mut engine,
-            &[
-                sample("S1", "LATENCY_MS", 180.0, 0),
-                sample("S1", "LATENCY_MS", 100.0, 1),
-                sample("S1", "LATENCY_MS", 190.0, 2),
-            ],
-        );
-        assert_eq!(
-            kinds(&out),
-            [
-                TransitionKind::Opened,
-                TransitionKind::Resolved,
-                TransitionKind::Opened
-            ]
-        );
-        assert_ne!(out[0].incident.id, out[2].incident.id);
-        assert_eq!(
-            out[1].incident.resolved_at,
-            Some(t0() + Duration::seconds(1))
-        );
-        assert_eq!(engine.open_episodes(), 1);
-    }
-
-    #[test]
-    fn replay_yields_the_same_ids() {
-        let r = rule("ERROR_RATE", Operator::Ge, 2.0);
-        let samples = [
-            sample("S1", "ERROR_RATE", 2.0, 0),
-            sample("S2", "ERROR_RATE", 3.0, 5),
-            sample("S1", "ERROR_RATE", 1.0, 9),
-        ];
-        let a = run(&mut Engine::new(vec![r.clone()]), &samples);
-        let b = run(&mut Engine::new(vec![r]), &samples);
-        assert_eq!(a, b);
-    }
-
-    #[test]
-    fn service_filter_and_disabled_rules() {
-        let mut only_s2 = rule("BUFFER_RATIO", Operator::Gt, 6.0);
-        only_s2.service_id = Some("S2".into());
-        let mut disabled = rule("PACKET_LOSS", Operator::Gt, 1.5);
-        disabled.enabled = false;
-        let mut engine = Engine::new(vec![only_s2, disabled]);
-        let out = run(
-            &mut engine,
-            &[
-                sample("S1", "BUFFER_RATIO", 7.5, 0),
-                sample("S1", "PACKET_LOSS", 2.1, 0),
-                sample("S2", "BUFFER_RATIO", 7.5, 0),
-            ],
-        );
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].incident.service_id, "S2");
-    }
-
-    #[test]
-    fn redelivered_samples_are_not_counted_twice() {
-        let r = rule("LATENCY_MS", Operator::Gt, 150.0);
-        let mut engine = Engine::new(vec![r.clone()]);
-        let mut out = Vec::new();
-        engine.evaluate(&sample("S1", "LATENCY_MS", 200.0, 0), 10, &mut out);
-        engine.evaluate(&sample("S1", "LATENCY_MS", 210.0, 1), 11, &mut out);
-        let open = out.last().unwrap().incident.clone();
-
-        // A restarted engine restored from the recorded incident sees 11 again, then 12.
-        let mut restarted = Engine::new(vec![r]);
-        restarted.restore([open]);
-        let mut again = Vec::new();
-        restarted.evaluate(&sample("S1", "LATENCY_MS", 210.0, 1), 11, &mut again);
-        assert!(again.is_empty());
-        restarted.evaluate(&sample("S1", "LATENCY_MS", 220.0, 2), 12, &mut again);
-        assert_eq!(again[0].incident.violation_count, 3);
-        assert_eq!(again[0].incident.id, out[0].incident.id);
-    }
-
-    #[test]
-    fn rereading_a_resolved_episode_opens_nothing() {
-        let r = rule("LATENCY_MS", Operator::Gt, 150.0);
-        let samples = [
-            sample("S1", "LATENCY_MS", 200.0, 0),
-            sample("S1", "LATENCY_MS", 210.0, 1),
-            sample("S1", "LATENCY_MS", 100.0, 2),
-        ];
-        let first = run(&mut Engine::new(vec![r.clone()]), &samples);
-        let resolved = first.last().unwrap().incident.clone();
-        assert_eq!(resolved.last_sample_seq, 3);
-
-        // Restarted after publishing all three, before acking: all three are read again.
-        let mut restarted = Engine::new(vec![r.clone()]);
-        restarted.restore_watermark(r.id, resolved.series_key.clone(), resolved.last_sample_seq);
-        let again = run(&mut restarted, &samples);
-        assert!(again.is_empty(), "{again:?}");
-        // Later samples are evaluated as usual.
-        let mut out = Vec::new();
-        restarted.evaluate(&sample("S1", "LATENCY_MS", 300.0, 3), 4, &mut out);
-        assert_eq!(out[0].kind, TransitionKind::Opened);
-    }
-
-    #[test]
-    fn a_violation_at_or_before_the_last_resolution_is_late() {
-        let r = rule("LATENCY_MS", Operator::Gt, 150.0);
-        let mut engine = Engine::new(vec![r.clone()]);
-        let out = run(
-            &mut engine,
-            &[
-                sample("S1", "LATENCY_MS", 200.0, 0),
-                sample("S1", "LATENCY_MS", 100.0, 10),
-                // Re-sent without an id after the duplicate window, and a late violation.
-                sample("S1", "LATENCY_MS", 200.0, 0),
-                sample("S1", "LATENCY_MS", 250.0, 10),
-                sample("S1", "LATENCY_MS", 300.0, 11),
-            ],
-        );
-        assert_eq!(
-            kinds(&out),
-            [
-                TransitionKind::Opened,
-                TransitionKind::Resolved,
-                TransitionKind::Opened
-            ]
-        );
-        assert_ne!(out[2].incident.id, out[0].incident.id);
-        assert_eq!(out[2].incident.opened_at, t0() + Duration::seconds(11));
-        assert_eq!(engine.take_late(), 2);
-
-        // The same holds after a restart that restored the resolution.
-        let mut restarted = Engine::new(vec![r.clone()]);
-        restarted.restore_resolution(r.id, "S1:LATENCY_MS".into(), t0() + Duration::seconds(10));
-        let again = run(&mut restarted, &[sample("S1", "LATENCY_MS", 200.0, 5)]);
-        assert!(again.is_empty());
-        assert_eq!(restarted.take_late(), 1);
-    }
-
-    #[test]
-    fn an_old_recovery_does_not_resolve_a_newer_violation() {
-        let mut engine = Engine::new(vec![rule("LATENCY_MS", Operator::Gt, 150.0)]);
-        let out = run(
-            &mut engine,
-            &[
-                sample("S1", "LATENCY_MS", 200.0, 10),
-                sample("S1", "LATENCY_MS", 100.0, 5),
-            ],
-        );
-        assert_eq!(kinds(&out), [TransitionKind::Opened]);
-        assert_eq!(engine.take_late(), 1);
-        assert_eq!(engine.open_episodes(), 1);
-    }
-
-    #[test]
-    fn peak_follows_the_operator_direction() {
-        let mut engine = Engine::new(vec![rule("BUFFER_RATIO", Operator::Lt, 10.0)]);
-        let out = run(
-            &mut engine,
-            &[
-                sample("S1", "BUFFER_RATIO", 5.0, 0),
-                sample("S1", "BUFFER_RATIO", 2.0, 1),
-                sample("S1", "BUFFER_RATIO", 4.0, 2),
-            ],
-        );
-        assert_eq!(out.last().unwrap().incident.peak_value, 2.0);
-    }
-
-    #[test]
-    fn deleting_a_rule_forgets_its_episodes() {
-        let r = rule("LATENCY_MS", Operator::Gt, 150.0);
-        let mut engine = Engine::new(vec![r]);
-        run(&mut engine, &[sample("S1", "LATENCY_MS", 200.0, 0)]);
-        assert_eq!(engine.open_episodes(), 1);
-        engine.set_rules(vec![]);
-        assert_eq!(engine.open_episodes(), 0);
-    }
-}
+mod tests;

@@ -173,6 +173,9 @@ pub struct IncidentSnapshot {
     /// METRICS stream sequence of the last sample applied to this incident; lets the
     /// evaluator skip samples it already applied when they are delivered again.
     pub last_sample_seq: u64,
+    /// Whether resolving also closes the incident (the rule's `auto_resolve`).
+    #[serde(default)]
+    pub auto_resolve: bool,
 }
 
 /// One message on `incidents.<service_id>.<kind>`.

@@ -77,6 +77,8 @@ impl IncidentRecord {
             resolved_at: self.resolved_at,
             source: self.source,
             last_sample_seq: self.last_sample_seq.max(0) as u64,
+            // The engine takes it from the rule when it restores the episode.
+            auto_resolve: false,
         }
     }
 }

@@ -1,9 +1,7 @@
 //! Handling one METRICS message: decode and validate it against its subject.
 
 use async_nats::jetstream;
-use schemas::{headers, Encoding, IncidentTransition, MetricSample, TransitionKind};
-use std::collections::HashMap;
-use uuid::Uuid;
+use schemas::{headers, Encoding, MetricSample};
 
 use crate::jetstream::Rejection;
 
@@ -47,21 +45,6 @@ pub fn decode_parts(
         });
     }
     Ok(sample)
-}
-
-/// Drops every `updated` transition that a later transition of the same incident in the batch
-/// supersedes. Transitions carry full snapshots, so nothing is lost.
-pub fn coalesce(transitions: Vec<IncidentTransition>) -> Vec<IncidentTransition> {
-    let mut last: HashMap<Uuid, usize> = HashMap::with_capacity(transitions.len());
-    for (i, t) in transitions.iter().enumerate() {
-        last.insert(t.incident.id, i);
-    }
-    transitions
-        .into_iter()
-        .enumerate()
-        .filter(|(i, t)| t.kind != TransitionKind::Updated || last[&t.incident.id] == *i)
-        .map(|(_, t)| t)
-        .collect()
 }
 
 #[cfg(test)]

@@ -42,6 +42,8 @@ pub struct Evaluator {
     /// Highest METRICS sequence whose effects are durable. Samples at or below it that come
     /// back (a lost ack, an expired `ack_wait`, a rebuilt pull stream) are acked and skipped.
     applied_through: u64,
+    /// Origin of the processing-time clock the engine uses to advance idle series.
+    started: Instant,
 }
 
 impl Evaluator {
@@ -57,6 +59,7 @@ impl Evaluator {
             engine: Engine::default(),
             known_services: HashSet::new(),
             applied_through: 0,
+            started: Instant::now(),
             js,
             pool,
             rules,
@@ -131,7 +134,8 @@ impl Evaluator {
                         if !self.known_services.contains(&sample.service_id) {
                             new_services.push(sample.service_id.clone());
                         }
-                        self.engine.evaluate(&sample, seq, &mut transitions);
+                        let now = self.clock_ms();
+                        self.engine.evaluate_at(&sample, seq, now, &mut transitions);
                     }
                     held.push(msg);
                 }
@@ -158,26 +162,42 @@ impl Evaluator {
             }
             self.known_services.extend(new_services);
         }
-        let transitions = handler::coalesce(transitions);
-        if !transitions.is_empty() {
-            let js = &self.js;
-            let published = retry_until_stopped(
-                CONSUMER,
-                "publish",
-                shutdown,
-                || publish_transitions(js, &transitions),
-                || extend_ack_wait(&held),
-            )
-            .await;
-            if published.is_none() {
-                return;
-            }
+        self.engine.flush(&mut transitions);
+        if !self.publish(&transitions, &held, shutdown).await {
+            return;
         }
         self.applied_through = last_seq;
         ack_all(CONSUMER, &held).await;
         telemetry::late_samples(self.engine.take_late());
         telemetry::samples_evaluated(evaluated);
         telemetry::batch_duration(CONSUMER, started.elapsed().as_secs_f64());
+    }
+
+    /// Publishes transitions, retrying until done; `false` if shut down first.
+    async fn publish(
+        &self,
+        transitions: &[IncidentTransition],
+        held: &[jetstream::Message],
+        shutdown: &CancellationToken,
+    ) -> bool {
+        if transitions.is_empty() {
+            return true;
+        }
+        let js = &self.js;
+        retry_until_stopped(
+            CONSUMER,
+            "publish",
+            shutdown,
+            || publish_transitions(js, transitions),
+            || extend_ack_wait(held),
+        )
+        .await
+        .is_some()
+    }
+
+    /// Milliseconds of a monotonic processing-time clock.
+    fn clock_ms(&self) -> i64 {
+        i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Prepares the engine and the consumer position. Returns `false` if stopped meanwhile.
@@ -234,6 +254,15 @@ impl BatchHandler for Evaluator {
 
     async fn before_pull(&mut self) -> anyhow::Result<()> {
         position_consumer(&self.js, &self.spec, self.applied_through).await
+    }
+
+    /// Lets windows of idle series close and silent series fire `absent` rules.
+    async fn tick(&mut self, shutdown: &CancellationToken) {
+        let mut transitions = Vec::new();
+        let now = self.clock_ms();
+        self.engine.tick(now, &mut transitions);
+        self.engine.flush(&mut transitions);
+        self.publish(&transitions, &[], shutdown).await;
     }
 }
 
