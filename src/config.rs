@@ -18,6 +18,7 @@ pub const ENV_VARS: &[&str] = &[
     "TRACELY_ROLES",
     "TRACELY_DB_MAX_CONNECTIONS",
     "TRACELY_SHUTDOWN_TIMEOUT_SECS",
+    "TRACELY_ALLOWED_LATENESS_SECS",
     "TRACELY_DATA_DIR",
     "TRACELY_LOG_FORMAT",
     "TRACELY_NATS_SERVER_BIN",
@@ -117,6 +118,11 @@ pub struct ServeArgs {
     /// How long shutdown waits for components to finish what they hold.
     #[arg(long, env = "TRACELY_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+
+    /// How far behind the newest sample of its series a sample may arrive and still count in
+    /// windowed rules. Windows wait this long (in event time) before evaluating.
+    #[arg(long, env = "TRACELY_ALLOWED_LATENESS_SECS", default_value_t = 30)]
+    pub allowed_lateness_secs: u64,
 }
 
 #[derive(Debug, Args)]

@@ -29,6 +29,8 @@ pub struct Settings {
     pub topology: Topology,
     pub db_max_connections: u32,
     pub shutdown_timeout: Duration,
+    /// How late a sample may arrive and still count in windowed rules.
+    pub allowed_lateness: Duration,
 }
 
 /// A connected, migrated process ready to run its roles.
@@ -103,7 +105,16 @@ impl Application {
             let rules = consumers::rules::watch(pool.clone(), stop.clone())
                 .await
                 .context("loading rules")?;
-            let evaluator = Evaluator::new(js.clone(), pool.clone(), &settings.topology, rules);
+            let lateness = schemas::Span(
+                i64::try_from(settings.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
+            );
+            let evaluator = Evaluator::new(
+                js.clone(),
+                pool.clone(),
+                &settings.topology,
+                rules,
+                lateness,
+            );
             let token = stop.clone();
             tasks.spawn(async move { ("evaluate", evaluator.run_until_stopped(token).await) });
         }

@@ -65,15 +65,14 @@ fn workload() -> Vec<MetricSample> {
 }
 
 fn rules() -> Vec<NewRule> {
-    let rule = |metric: &str, operator, threshold, severity| NewRule {
-        name: format!("{metric} {operator} {threshold}"),
-        metric_type: metric.to_owned(),
-        service_id: None,
-        operator,
-        threshold,
-        severity,
-        department_id: None,
-        enabled: true,
+    let rule = |metric: &str, operator, threshold, severity| {
+        NewRule::threshold(
+            &format!("{metric} {operator} {threshold}"),
+            metric,
+            operator,
+            threshold,
+            severity,
+        )
     };
     vec![
         rule("LATENCY_MS", Operator::Gt, 150.0, Severity::High),

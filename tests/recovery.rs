@@ -15,16 +15,7 @@ use tracely::config::Role;
 async fn prepare(stack: &Stack) {
     let pool = stack.pool().await;
     store::migrate(&pool).await.unwrap();
-    let rule = NewRule {
-        name: "latency".into(),
-        metric_type: "LATENCY_MS".into(),
-        service_id: None,
-        operator: Operator::Gt,
-        threshold: 150.0,
-        severity: Severity::High,
-        department_id: None,
-        enabled: true,
-    };
+    let rule = NewRule::threshold("latency", "LATENCY_MS", Operator::Gt, 150.0, Severity::High);
     store::rules::insert(&pool, &rule).await.unwrap();
     let js = stack.js().await;
     let version = js.client().server_info().version;

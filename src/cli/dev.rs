@@ -38,6 +38,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         topology,
         db_max_connections: args.serve.db_max_connections,
         shutdown_timeout: Duration::from_secs(args.serve.shutdown_timeout_secs),
+        allowed_lateness: Duration::from_secs(args.serve.allowed_lateness_secs),
     };
     let result = async {
         let app = Application::build(settings).await?;

@@ -53,6 +53,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         http_addr: args.serve.http_addr,
         db_max_connections: args.serve.db_max_connections,
         shutdown_timeout: Duration::from_secs(args.serve.shutdown_timeout_secs),
+        allowed_lateness: Duration::from_secs(args.serve.allowed_lateness_secs),
     };
     let app = Application::build(settings).await?;
     if let Some(addr) = app.http_addr() {

@@ -14,7 +14,7 @@ use crate::Page;
 const COLUMNS: &str = "id, rule_id, rule_name, service_id, metric_type, series_key, labels, \
     department_id, severity, status, operator, threshold, message, value, peak_value, \
     last_value, violation_count, opened_at, last_violation_at, acknowledged_at, in_progress_at, \
-    closed_at, resolved_at, source, last_sample_seq, created_at, updated_at";
+    closed_at, resolved_at, source, last_sample_seq, auto_resolve, created_at, updated_at";
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct IncidentRecord {
@@ -48,6 +48,8 @@ pub struct IncidentRecord {
     pub source: Source,
     #[serde(skip)]
     pub last_sample_seq: i64,
+    /// Whether clearing closes the incident, as its rule said when it opened.
+    pub auto_resolve: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -77,8 +79,7 @@ impl IncidentRecord {
             resolved_at: self.resolved_at,
             source: self.source,
             last_sample_seq: self.last_sample_seq.max(0) as u64,
-            // The engine takes it from the rule when it restores the episode.
-            auto_resolve: false,
+            auto_resolve: self.auto_resolve,
         }
     }
 }
@@ -93,7 +94,8 @@ pub struct IncidentFilter {
 }
 
 /// Inserts the incident or merges the snapshot into it: counts, peaks, sequences and times only
-/// move forward, and a resolution is never undone. Returns whether the row was created.
+/// move forward, and a resolution is never undone. The first resolution of an `auto_resolve`
+/// incident also closes it. Returns whether the row was created.
 pub async fn apply_snapshot<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     s: &IncidentSnapshot,
@@ -102,10 +104,18 @@ pub async fn apply_snapshot<'e>(
         "INSERT INTO incidents (id, rule_id, rule_name, service_id, metric_type, series_key,
              labels, department_id, severity, operator, threshold, message, value, peak_value,
              last_value, violation_count, opened_at, last_violation_at, resolved_at, source,
-             last_sample_seq)
+             last_sample_seq, auto_resolve, status, closed_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18, $19, $20, $21)
+                 $18, $19, $20, $21, $22,
+                 CASE WHEN $22 AND $19::timestamptz IS NOT NULL THEN 'CLOSED' ELSE 'OPEN' END,
+                 CASE WHEN $22 THEN $19::timestamptz END)
          ON CONFLICT (id) DO UPDATE SET
+             status = CASE WHEN EXCLUDED.auto_resolve AND EXCLUDED.resolved_at IS NOT NULL
+                                AND incidents.resolved_at IS NULL
+                           THEN 'CLOSED' ELSE incidents.status END,
+             closed_at = CASE WHEN EXCLUDED.auto_resolve AND EXCLUDED.resolved_at IS NOT NULL
+                                   AND incidents.resolved_at IS NULL
+                              THEN EXCLUDED.resolved_at ELSE incidents.closed_at END,
              peak_value = CASE WHEN incidents.operator IN ('<', '<=')
                                THEN LEAST(incidents.peak_value, EXCLUDED.peak_value)
                                ELSE GREATEST(incidents.peak_value, EXCLUDED.peak_value) END,
@@ -139,6 +149,7 @@ pub async fn apply_snapshot<'e>(
     .bind(s.resolved_at)
     .bind(s.source.as_str())
     .bind(i64::try_from(s.last_sample_seq).unwrap_or(i64::MAX))
+    .bind(s.auto_resolve)
     .fetch_one(executor)
     .await
 }

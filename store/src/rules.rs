@@ -2,7 +2,9 @@
 //! trigger in the schema), which evaluators listen on to reload.
 
 use chrono::{DateTime, Utc};
-use schemas::{Operator, Severity};
+use std::collections::BTreeMap;
+
+use schemas::{Aggregation, Operator, RuleKind, Severity, Span};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -12,18 +14,33 @@ use crate::Page;
 /// Channel that rule changes are announced on.
 pub const CHANGED_CHANNEL: &str = "tracely_rules_changed";
 
-const COLUMNS: &str = "id, name, metric_type, service_id, operator, threshold, severity, \
-                       department_id, enabled, trigger_count, created_at, updated_at";
+const COLUMNS: &str = "id, name, kind, metric_type, service_id, labels, aggregation, window_ms, \
+                       operator, threshold, pending_for_ms, clear_threshold, clear_for_ms, \
+                       auto_resolve, severity, department_id, enabled, trigger_count, \
+                       created_at, updated_at";
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct RuleRecord {
     pub id: Uuid,
     pub name: String,
+    #[sqlx(try_from = "String")]
+    pub kind: RuleKind,
     pub metric_type: String,
     pub service_id: Option<String>,
+    pub labels: sqlx::types::Json<BTreeMap<String, String>>,
+    #[sqlx(try_from = "String")]
+    pub aggregation: Aggregation,
+    #[serde(rename = "window", serialize_with = "as_span")]
+    pub window_ms: i64,
     #[sqlx(try_from = "String")]
     pub operator: Operator,
     pub threshold: f64,
+    #[serde(rename = "for", serialize_with = "as_span")]
+    pub pending_for_ms: i64,
+    pub clear_threshold: Option<f64>,
+    #[serde(rename = "clear_for", serialize_with = "as_span")]
+    pub clear_for_ms: i64,
+    pub auto_resolve: bool,
     #[sqlx(try_from = "String")]
     pub severity: Severity,
     pub department_id: Option<Uuid>,
@@ -34,14 +51,27 @@ pub struct RuleRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Durations are stored as milliseconds and shown as text such as `5m`.
+fn as_span<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&Span(*ms), s)
+}
+
 /// A validated rule to create.
 #[derive(Debug, Clone)]
 pub struct NewRule {
     pub name: String,
+    pub kind: RuleKind,
     pub metric_type: String,
     pub service_id: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub aggregation: Aggregation,
+    pub window: Span,
     pub operator: Operator,
     pub threshold: f64,
+    pub pending_for: Span,
+    pub clear_threshold: Option<f64>,
+    pub clear_for: Span,
+    pub auto_resolve: bool,
     pub severity: Severity,
     pub department_id: Option<Uuid>,
     pub enabled: bool,
@@ -56,6 +86,34 @@ pub struct RuleError {
 }
 
 impl NewRule {
+    /// A seed-style rule: each sample judged on its own, firing and clearing at once.
+    pub fn threshold(
+        name: &str,
+        metric_type: &str,
+        operator: Operator,
+        threshold: f64,
+        severity: Severity,
+    ) -> NewRule {
+        NewRule {
+            name: name.to_owned(),
+            kind: RuleKind::Threshold,
+            metric_type: metric_type.to_owned(),
+            service_id: None,
+            labels: BTreeMap::new(),
+            aggregation: Aggregation::Last,
+            window: Span::ZERO,
+            operator,
+            threshold,
+            pending_for: Span::ZERO,
+            clear_threshold: None,
+            clear_for: Span::ZERO,
+            auto_resolve: false,
+            severity,
+            department_id: None,
+            enabled: true,
+        }
+    }
+
     /// Checks every invariant the engine relies on; the error names the field.
     pub fn validate(&self) -> Result<(), RuleError> {
         let err = |field, reason: String| Err(RuleError { field, reason });
@@ -72,6 +130,59 @@ impl NewRule {
         }
         if !self.threshold.is_finite() {
             return err("threshold", "must be a finite number".into());
+        }
+        for (name, value) in &self.labels {
+            if let Err(reason) = schemas::series::validate_label_name(name) {
+                return err("labels", reason);
+            }
+            if value.is_empty() || value.len() > schemas::sample::MAX_LABEL_VALUE_LEN {
+                return err(
+                    "labels",
+                    format!("the value of {name:?} must be 1 to 256 bytes"),
+                );
+            }
+        }
+        if self.kind == RuleKind::Absent && self.window.is_zero() {
+            return err(
+                "window",
+                "an absent rule needs the silence to wait for, such as 3m".into(),
+            );
+        }
+        if self.kind == RuleKind::Threshold
+            && self.window.is_zero()
+            && self.aggregation != Aggregation::Last
+        {
+            return err(
+                "window",
+                format!(
+                    "aggregation {} needs a window, such as 5m",
+                    self.aggregation
+                ),
+            );
+        }
+        if let Some(clear) = self.clear_threshold {
+            if !clear.is_finite() {
+                return err("clear_threshold", "must be a finite number".into());
+            }
+            let (ok, side) = match self.operator {
+                Operator::Gt | Operator::Ge => (clear <= self.threshold, "at most"),
+                Operator::Lt | Operator::Le => (clear >= self.threshold, "at least"),
+                Operator::Eq | Operator::Ne => {
+                    return err(
+                        "clear_threshold",
+                        format!("is not supported with operator {}", self.operator),
+                    )
+                }
+            };
+            if !ok {
+                return err(
+                    "clear_threshold",
+                    format!(
+                        "must be {side} the threshold ({}) for operator {}: the value clears by coming back past it",
+                        self.threshold, self.operator
+                    ),
+                );
+            }
         }
         Ok(())
     }
@@ -109,18 +220,13 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<RuleRecord>, sqlx::Er
 pub async fn insert(pool: &PgPool, rule: &NewRule) -> Result<RuleRecord, sqlx::Error> {
     sqlx::query_as(&format!(
         "INSERT INTO rules (id, name, metric_type, service_id, operator, threshold, severity,
-                            department_id, enabled)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+                            department_id, enabled, kind, labels, aggregation, window_ms,
+                            pending_for_ms, clear_threshold, clear_for_ms, auto_resolve)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+         RETURNING {COLUMNS}"
     ))
     .bind(Uuid::new_v4())
-    .bind(&rule.name)
-    .bind(&rule.metric_type)
-    .bind(&rule.service_id)
-    .bind(rule.operator.as_str())
-    .bind(rule.threshold)
-    .bind(rule.severity.as_str())
-    .bind(rule.department_id)
-    .bind(rule.enabled)
+    .bind_rule(rule)
     .fetch_one(pool)
     .await
 }
@@ -134,19 +240,14 @@ pub async fn update(
 ) -> Result<Option<RuleRecord>, sqlx::Error> {
     sqlx::query_as(&format!(
         "UPDATE rules SET name = $2, metric_type = $3, service_id = $4, operator = $5,
-                threshold = $6, severity = $7, department_id = $8, enabled = $9,
+                threshold = $6, severity = $7, department_id = $8, enabled = $9, kind = $10,
+                labels = $11, aggregation = $12, window_ms = $13, pending_for_ms = $14,
+                clear_threshold = $15, clear_for_ms = $16, auto_resolve = $17,
                 updated_at = now()
          WHERE id = $1 RETURNING {COLUMNS}"
     ))
     .bind(id)
-    .bind(&rule.name)
-    .bind(&rule.metric_type)
-    .bind(&rule.service_id)
-    .bind(rule.operator.as_str())
-    .bind(rule.threshold)
-    .bind(rule.severity.as_str())
-    .bind(rule.department_id)
-    .bind(rule.enabled)
+    .bind_rule(rule)
     .fetch_optional(pool)
     .await
 }
@@ -171,4 +272,32 @@ pub async fn increment_trigger_count<'e>(
         .execute(executor)
         .await
         .map(|_| ())
+}
+
+/// Binds a rule's fields as parameters $2 to $17 of an insert or update.
+trait BindRule<'q> {
+    fn bind_rule(self, rule: &'q NewRule) -> Self;
+}
+
+impl<'q, O> BindRule<'q>
+    for sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+{
+    fn bind_rule(self, rule: &'q NewRule) -> Self {
+        self.bind(&rule.name)
+            .bind(&rule.metric_type)
+            .bind(&rule.service_id)
+            .bind(rule.operator.as_str())
+            .bind(rule.threshold)
+            .bind(rule.severity.as_str())
+            .bind(rule.department_id)
+            .bind(rule.enabled)
+            .bind(rule.kind.as_str())
+            .bind(sqlx::types::Json(&rule.labels))
+            .bind(rule.aggregation.as_str())
+            .bind(rule.window.millis())
+            .bind(rule.pending_for.millis())
+            .bind(rule.clear_threshold)
+            .bind(rule.clear_for.millis())
+            .bind(rule.auto_resolve)
+    }
 }

@@ -61,6 +61,7 @@ impl Stack {
             topology: consumers::Topology::built_in(),
             db_max_connections: 5,
             shutdown_timeout: Duration::from_secs(10),
+            allowed_lateness: Duration::from_secs(30),
         }
     }
 

@@ -4,7 +4,9 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use schemas::{Operator, Severity};
+use std::collections::BTreeMap;
+
+use schemas::{Aggregation, Operator, RuleKind, Severity, Span};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use store::rules::{NewRule, RuleRecord};
@@ -22,11 +24,30 @@ use crate::AppState;
 pub struct RuleBody {
     #[serde(default)]
     pub name: Option<String>,
+    #[serde(default = "threshold_kind")]
+    pub kind: RuleKind,
     pub metric_type: String,
     #[serde(default)]
     pub service_id: Option<String>,
-    pub operator: Operator,
-    pub threshold: f64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default = "last")]
+    pub aggregation: Aggregation,
+    #[serde(default)]
+    pub window: Span,
+    /// Required for threshold rules; absent rules have none.
+    #[serde(default)]
+    pub operator: Option<Operator>,
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    #[serde(default, rename = "for")]
+    pub pending_for: Span,
+    #[serde(default)]
+    pub clear_threshold: Option<f64>,
+    #[serde(default)]
+    pub clear_for: Span,
+    #[serde(default)]
+    pub auto_resolve: bool,
     pub severity: Severity,
     #[serde(default)]
     pub department_id: Option<Uuid>,
@@ -36,10 +57,18 @@ pub struct RuleBody {
 
 const EDITABLE: &[&str] = &[
     "name",
+    "kind",
     "metric_type",
     "service_id",
+    "labels",
+    "aggregation",
+    "window",
     "operator",
     "threshold",
+    "for",
+    "clear_threshold",
+    "clear_for",
+    "auto_resolve",
     "severity",
     "department_id",
     "enabled",
@@ -49,21 +78,62 @@ fn enabled_by_default() -> bool {
     true
 }
 
+fn threshold_kind() -> RuleKind {
+    RuleKind::Threshold
+}
+
+fn last() -> Aggregation {
+    Aggregation::Last
+}
+
 impl RuleBody {
-    fn into_new_rule(self) -> NewRule {
-        let name = self.name.unwrap_or_else(|| {
-            format!("{} {} {}", self.metric_type, self.operator, self.threshold)
+    /// Fails naming the field when a threshold rule lacks its operator or threshold.
+    fn into_new_rule(self) -> Result<NewRule, ApiError> {
+        let (operator, threshold) = match (self.kind, self.operator, self.threshold) {
+            (RuleKind::Threshold, None, _) => {
+                return Err(ApiError::invalid_field(
+                    "operator",
+                    "is required for threshold rules",
+                ))
+            }
+            (RuleKind::Threshold, _, None) => {
+                return Err(ApiError::invalid_field(
+                    "threshold",
+                    "is required for threshold rules",
+                ))
+            }
+            (_, operator, threshold) => {
+                (operator.unwrap_or(Operator::Gt), threshold.unwrap_or(0.0))
+            }
+        };
+        let name = self.name.unwrap_or_else(|| match self.kind {
+            RuleKind::Absent => format!("no {} for {}", self.metric_type, self.window),
+            RuleKind::Threshold if self.window.is_zero() => {
+                format!("{} {operator} {threshold}", self.metric_type)
+            }
+            RuleKind::Threshold => format!(
+                "{}({} over {}) {operator} {threshold}",
+                self.aggregation, self.metric_type, self.window
+            ),
         });
-        NewRule {
+        Ok(NewRule {
             name,
+            kind: self.kind,
             metric_type: self.metric_type,
             service_id: self.service_id,
-            operator: self.operator,
-            threshold: self.threshold,
+            labels: self.labels,
+            aggregation: self.aggregation,
+            window: self.window,
+            operator,
+            threshold,
+            pending_for: self.pending_for,
+            clear_threshold: self.clear_threshold,
+            clear_for: self.clear_for,
+            auto_resolve: self.auto_resolve,
             severity: self.severity,
             department_id: self.department_id,
             enabled: self.enabled,
-        }
+        })
     }
 }
 
@@ -86,7 +156,7 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RuleBody>,
 ) -> Result<Response, ApiError> {
-    let rule = checked(&state, body.into_new_rule()).await?;
+    let rule = checked(&state, body.into_new_rule()?).await?;
     let record = store::rules::insert(&state.pool, &rule).await?;
     tracing::info!(rule_id = %record.id, name = %record.name, "rule created");
     Ok(envelope::created(record))
@@ -110,8 +180,10 @@ pub async fn update(
     }
     let current = find(&state, id).await?;
     for (field, now) in [
+        ("kind", json!(current.kind)),
         ("metric_type", json!(current.metric_type)),
         ("service_id", json!(current.service_id)),
+        ("labels", json!(current.labels.0)),
     ] {
         if patch.get(field).is_some_and(|new| *new != now) {
             return Err(ApiError::invalid_field(
@@ -125,7 +197,7 @@ pub async fn update(
         merged[field] = value;
     }
     let body: RuleBody = from_value(merged)?;
-    let rule = checked(&state, body.into_new_rule()).await?;
+    let rule = checked(&state, body.into_new_rule()?).await?;
     let record = store::rules::update(&state.pool, id, &rule)
         .await?
         .ok_or_else(|| not_found(id))?;
@@ -173,10 +245,18 @@ async fn checked(state: &AppState, rule: NewRule) -> Result<NewRule, ApiError> {
 fn editable_fields(r: &RuleRecord) -> Value {
     json!({
         "name": r.name,
+        "kind": r.kind,
         "metric_type": r.metric_type,
         "service_id": r.service_id,
+        "labels": r.labels.0,
+        "aggregation": r.aggregation,
+        "window": Span(r.window_ms),
         "operator": r.operator,
         "threshold": r.threshold,
+        "for": Span(r.pending_for_ms),
+        "clear_threshold": r.clear_threshold,
+        "clear_for": Span(r.clear_for_ms),
+        "auto_resolve": r.auto_resolve,
         "severity": r.severity,
         "department_id": r.department_id,
         "enabled": r.enabled,

@@ -18,7 +18,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, message::PublishMessage};
 use pipeline::{Engine, Rule};
-use schemas::IncidentTransition;
+use schemas::{IncidentTransition, Span};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,13 @@ pub struct Evaluator {
     applied_through: u64,
     /// Origin of the processing-time clock the engine uses to advance idle series.
     started: Instant,
+    allowed_lateness: Span,
+}
+
+fn fresh_engine(allowed_lateness: Span) -> Engine {
+    let mut engine = Engine::default();
+    engine.set_allowed_lateness(allowed_lateness);
+    engine
 }
 
 impl Evaluator {
@@ -52,11 +59,13 @@ impl Evaluator {
         pool: PgPool,
         topology: &Topology,
         rules: watch::Receiver<Arc<Vec<Rule>>>,
+        allowed_lateness: Span,
     ) -> Evaluator {
         Evaluator {
             dead_letters: DeadLetters::new(js.clone(), CONSUMER),
             spec: topology.consumer(CONSUMER).clone(),
-            engine: Engine::default(),
+            engine: fresh_engine(allowed_lateness),
+            allowed_lateness,
             known_services: HashSet::new(),
             applied_through: 0,
             started: Instant::now(),
@@ -93,7 +102,7 @@ impl Evaluator {
             }
             // Another process may be the evaluator now: forget everything and queue up again.
             tracing::warn!("lost the evaluator lease; rejoining as a standby");
-            self.engine = Engine::default();
+            self.engine = fresh_engine(self.allowed_lateness);
             self.applied_through = 0;
         }
     }

@@ -79,6 +79,7 @@ async fn apply(
                 "last_value": incident.last_value,
                 "peak_value": incident.peak_value,
                 "violation_count": incident.violation_count,
+                "auto_resolved": incident.auto_resolve,
             }),
         };
         store::events::insert(&mut **tx, &event).await?;
