@@ -15,9 +15,13 @@
 //! - `absent` rules fire at `last sample + window` when a series falls silent, and resolve at
 //!   the sample that ends the silence.
 //!
-//! Samples carry their METRICS stream sequence; after a restart the engine is given each
-//! (rule, series)'s open incident, highest applied sequence and last resolution, so samples read
-//! again change nothing.
+//! Samples carry their METRICS stream sequence. After a restart the engine is given the recent
+//! incidents (the truth of when each (rule, series) was firing), each (rule, series)'s highest
+//! applied sequence and last resolution, and the evaluator reads METRICS again from as far back
+//! as the longest window, pending and clearing periods need. Samples at or below a
+//! (rule, series)'s applied sequence are *guided*: they rebuild its window and its pending and
+//! clearing progress, while whether it was firing comes from the incidents, and nothing is
+//! emitted. Points whose window starts before the re-read range only fill it.
 
 use std::collections::BTreeMap;
 
@@ -54,6 +58,11 @@ pub struct Engine {
     idle_advance: bool,
     source: Source,
     late: u64,
+    /// Samples up to this sequence were applied by a previous process (guided for every key).
+    guided_floor: u64,
+    /// Whether the re-read after a restart starts after the beginning of the stream, so that
+    /// a series' first re-read samples may not be its first samples.
+    rebuild_partial: bool,
 }
 
 #[derive(Debug)]
@@ -76,9 +85,23 @@ struct RuleState {
     /// Newest sample time of the series, and the processing time when it was seen.
     watermark: Option<i64>,
     seen_at: i64,
+    /// Highest sample sequence seen; incidents record it.
     applied_seq: u64,
+    /// Samples at or below this sequence were applied before a restart: guided.
+    guided_until: u64,
+    /// When this (rule, series) was firing, from the incidents, for guided samples.
+    episodes: Vec<Episode>,
+    /// First re-read sample of a partial re-read: points within a window width of it only fill.
+    guided_from: Option<i64>,
     last_resolved_at: Option<i64>,
     dirty: bool,
+}
+
+#[derive(Debug)]
+struct Episode {
+    opened: i64,
+    resolved: Option<i64>,
+    incident: Box<IncidentSnapshot>,
 }
 
 #[derive(Debug)]
@@ -97,7 +120,8 @@ enum Phase {
 struct Restore {
     applied_seq: u64,
     resolved_at: Option<i64>,
-    open: Option<IncidentSnapshot>,
+    /// Recent incidents of this (rule, series), open or resolved, by id.
+    incidents: Vec<IncidentSnapshot>,
 }
 
 /// What one evaluation needs to know about the series.
@@ -134,6 +158,8 @@ impl Engine {
             idle_advance: true,
             source,
             late: 0,
+            guided_floor: 0,
+            rebuild_partial: false,
         };
         engine.set_rules(rules);
         engine
@@ -181,9 +207,13 @@ impl Engine {
             for (slot, rule) in rules.iter().enumerate() {
                 let known = series.states.iter().any(|s| s.rule == rule.id);
                 if !known && rule.selects(&series.service_id, &series.metric_type, &series.labels) {
-                    series
-                        .states
-                        .push(new_state(rule, slot, &series.key, &mut self.restores));
+                    series.states.push(new_state(
+                        rule,
+                        slot,
+                        &series.key,
+                        &mut self.restores,
+                        self.guided_floor,
+                    ));
                 }
             }
         }
@@ -201,22 +231,53 @@ impl Engine {
             .collect();
     }
 
-    /// Restores open incidents, for example the unresolved ones after a restart.
-    pub fn restore(&mut self, open: impl IntoIterator<Item = IncidentSnapshot>) {
-        for incident in open {
-            if incident.resolved_at.is_some() {
-                continue;
-            }
+    /// Restores recent incidents, open or resolved, after a restart: open ones continue, and
+    /// all of them say when their (rule, series) was firing while guided samples are re-read.
+    /// Of two snapshots of one incident, the one with the later sample wins.
+    pub fn restore(&mut self, incidents: impl IntoIterator<Item = IncidentSnapshot>) {
+        for incident in incidents {
             let key = (incident.rule_id, incident.series_key.clone());
             let restore = self.restores.entry(key).or_default();
-            let newer = restore
-                .open
-                .as_ref()
-                .is_none_or(|known| known.last_sample_seq <= incident.last_sample_seq);
-            if newer {
-                restore.open = Some(incident);
+            if let Some(resolved) = incident.resolved_at {
+                let at = resolved.timestamp_millis();
+                restore.resolved_at = Some(restore.resolved_at.map_or(at, |r| r.max(at)));
+            }
+            restore.applied_seq = restore.applied_seq.max(incident.last_sample_seq);
+            match restore
+                .incidents
+                .iter_mut()
+                .find(|known| known.id == incident.id)
+            {
+                Some(known) if known.last_sample_seq <= incident.last_sample_seq => {
+                    let resolved = known.resolved_at.or(incident.resolved_at);
+                    *known = incident;
+                    known.resolved_at = resolved;
+                }
+                Some(_) => {}
+                None => restore.incidents.push(incident),
             }
         }
+    }
+
+    /// Prepares re-reading METRICS after a restart: samples up to `floor_seq` were applied by
+    /// the previous process. With `partial`, the re-read starts after the beginning of the
+    /// stream: each series' windows count as full only one window width after its first
+    /// re-read sample, and earlier points only fill them.
+    pub fn prepare_rebuild(&mut self, floor_seq: u64, partial: bool) {
+        self.guided_floor = floor_seq;
+        self.rebuild_partial = partial;
+    }
+
+    /// How far back in event time a restart must re-read for every window, pending and
+    /// clearing period of the current rules to be rebuilt.
+    pub fn rebuild_lookback(&self) -> Span {
+        let longest = self
+            .rules
+            .iter()
+            .map(|r| r.window.millis() + r.pending_for.millis() + r.clear_for.millis())
+            .max()
+            .unwrap_or(0);
+        Span(longest + self.allowed_lateness.millis())
     }
 
     /// Marks samples of a (rule, series) up to `seq` as already applied.
@@ -245,7 +306,12 @@ impl Engine {
             .flat_map(|s| &s.states)
             .filter(|st| matches!(st.phase, Phase::Firing { .. }))
             .count();
-        live + self.restores.values().filter(|r| r.open.is_some()).count()
+        let restored = self
+            .restores
+            .values()
+            .filter(|r| r.incidents.iter().any(|i| i.resolved_at.is_none()))
+            .count();
+        live + restored
     }
 
     pub fn rule_count(&self) -> usize {
@@ -311,6 +377,7 @@ impl Engine {
             allowed_lateness,
             source,
             late,
+            rebuild_partial,
             ..
         } = self;
         let series = &mut series[sid as usize];
@@ -322,8 +389,12 @@ impl Engine {
         };
         for (i, state) in series.states.iter_mut().enumerate() {
             let rule = &rules[state.slot];
-            if !rule.enabled || (seq != 0 && seq <= state.applied_seq) {
+            if !rule.enabled {
                 continue;
+            }
+            let guided = seq != 0 && seq <= state.guided_until;
+            if guided && *rebuild_partial && state.guided_from.is_none() {
+                state.guided_from = Some(t);
             }
             state.applied_seq = state.applied_seq.max(seq);
             let mut ctx = Step {
@@ -331,11 +402,19 @@ impl Engine {
                 info: &info,
                 source: *source,
                 out: &mut *out,
+                guided,
+                rebuild_from: state.guided_from,
             };
             let was_dirty = state.dirty;
             match rule.kind {
+                RuleKind::Absent if guided => guided_absent_sample(state, t, now_ms),
                 RuleKind::Absent => on_absent_sample(state, t, now_ms, &mut ctx),
-                RuleKind::Threshold if state.last_point.is_some_and(|e| t <= e) => *late += 1,
+                RuleKind::Threshold if state.last_point.is_some_and(|e| t <= e) => {
+                    // Re-read samples the restored state already covers are not late.
+                    if !guided {
+                        *late += 1;
+                    }
+                }
                 RuleKind::Threshold if rule.judges_single_samples() => {
                     state.last_point = Some(t);
                     state.watermark = Some(state.watermark.map_or(t, |w| w.max(t)));
@@ -412,6 +491,8 @@ impl Engine {
                     info: &info,
                     source: *source,
                     out: &mut *out,
+                    guided: false,
+                    rebuild_from: None,
                 };
                 let frontier = watermark - rule.lateness(*allowed_lateness);
                 let was_dirty = state.dirty;
@@ -472,7 +553,13 @@ impl Engine {
         let mut states = Vec::new();
         for (slot, rule) in self.rules.iter().enumerate() {
             if rule.selects(&sample.service_id, &sample.metric_type, &sample.labels) {
-                states.push(new_state(rule, slot, &key, &mut self.restores));
+                states.push(new_state(
+                    rule,
+                    slot,
+                    &key,
+                    &mut self.restores,
+                    self.guided_floor,
+                ));
             }
         }
         let sid = self.series.len() as u32;
@@ -493,6 +580,7 @@ fn new_state(
     slot: usize,
     series_key: &str,
     restores: &mut FxHashMap<(Uuid, String), Restore>,
+    guided_floor: u64,
 ) -> RuleState {
     let mut state = RuleState {
         rule: rule.id,
@@ -503,23 +591,42 @@ fn new_state(
         watermark: None,
         seen_at: 0,
         applied_seq: 0,
+        guided_until: guided_floor,
+        episodes: Vec::new(),
+        guided_from: None,
         last_resolved_at: None,
         dirty: false,
     };
-    if let Some(restore) = restores.remove(&(rule.id, series_key.to_owned())) {
-        state.applied_seq = restore.applied_seq;
-        state.last_resolved_at = restore.resolved_at;
-        state.last_point = restore.resolved_at;
-        if let Some(mut incident) = restore.open {
-            let last = incident.last_violation_at.timestamp_millis();
+    let Some(restore) = restores.remove(&(rule.id, series_key.to_owned())) else {
+        return state;
+    };
+    state.guided_until = state.guided_until.max(restore.applied_seq);
+    state.applied_seq = restore.applied_seq;
+    state.last_resolved_at = restore.resolved_at;
+    state.last_point = restore.resolved_at;
+    let mut incidents = restore.incidents;
+    incidents.sort_by_key(|i| i.opened_at);
+    for mut incident in incidents {
+        incident.auto_resolve = rule.auto_resolve;
+        let episode = Episode {
+            opened: incident.opened_at.timestamp_millis(),
+            resolved: incident.resolved_at.map(|r| r.timestamp_millis()),
+            incident: Box::new(incident),
+        };
+        if episode.resolved.is_none() {
+            // Open: it continues, and its violations so far are counted.
+            let last = episode.incident.last_violation_at.timestamp_millis();
             state.last_point = Some(state.last_point.map_or(last, |p| p.max(last)));
-            state.applied_seq = state.applied_seq.max(incident.last_sample_seq);
-            incident.auto_resolve = rule.auto_resolve;
             state.phase = Phase::Firing {
-                incident: Box::new(incident),
+                incident: episode.incident.clone(),
                 clear_since: None,
             };
         }
+        state.episodes.push(episode);
+    }
+    // With a re-read ahead, points are evaluated again (guided) from the start.
+    if state.guided_until > 0 {
+        state.last_point = None;
     }
     state
 }
@@ -530,6 +637,9 @@ struct Step<'a> {
     info: &'a SeriesInfo<'a>,
     source: Source,
     out: &'a mut Vec<IncidentTransition>,
+    /// Re-reading samples a previous process applied: rebuild, emit nothing.
+    guided: bool,
+    rebuild_from: Option<i64>,
 }
 
 /// Evaluates every point of the window up to `frontier`.
@@ -545,6 +655,10 @@ fn drain(state: &mut RuleState, frontier: i64, ctx: &mut Step) {
 
 /// One evaluation of a threshold rule at `point`.
 fn step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &mut Step) {
+    if ctx.guided {
+        guided_step(state, point, value, ctx);
+        return;
+    }
     let rule = ctx.rule;
     let violating = value.is_some_and(|v| rule.violated_by(v));
     match &mut state.phase {
@@ -579,6 +693,59 @@ fn step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &mut Step) {
                 *clear_since = None;
             }
         }
+    }
+}
+
+/// An evaluation of a point a previous process already evaluated: whether the rule was firing
+/// comes from its incidents; pending and clearing progress are rebuilt; nothing is emitted.
+fn guided_step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &Step) {
+    let rule = ctx.rule;
+    if ctx
+        .rebuild_from
+        .is_some_and(|from| point < from + rule.window.millis())
+    {
+        return; // the window is not full yet
+    }
+    let violating = value.is_some_and(|v| rule.violated_by(v));
+    let firing = state
+        .episodes
+        .iter()
+        .find(|e| e.opened <= point && e.resolved.is_none_or(|r| point < r));
+    match firing {
+        Some(episode) => {
+            let clearing = !violating && value.is_none_or(|v| rule.cleared_by(v));
+            match &mut state.phase {
+                Phase::Firing {
+                    incident,
+                    clear_since,
+                } if incident.id == episode.incident.id => {
+                    *clear_since = if clearing {
+                        Some(clear_since.unwrap_or(point))
+                    } else {
+                        None
+                    };
+                }
+                _ => {
+                    state.phase = Phase::Firing {
+                        incident: episode.incident.clone(),
+                        clear_since: clearing.then_some(point),
+                    }
+                }
+            }
+        }
+        None => match state.phase {
+            Phase::Pending { .. } if violating => {}
+            _ if violating => state.phase = Phase::Pending { since: point },
+            _ => state.phase = Phase::Ok,
+        },
+    }
+}
+
+/// A re-read sample of an `absent` rule's series: it only moves the last-seen time.
+fn guided_absent_sample(state: &mut RuleState, t: i64, now_ms: i64) {
+    if state.watermark.is_none_or(|w| t > w) {
+        state.watermark = Some(t);
+        state.seen_at = now_ms;
     }
 }
 
