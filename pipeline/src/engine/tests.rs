@@ -473,12 +473,13 @@ fn recorded(out: &[IncidentTransition]) -> Vec<IncidentSnapshot> {
     last.into_values().collect()
 }
 
-fn edges_and_finals(
-    out: Vec<IncidentTransition>,
-) -> (
+/// Opened and resolved transitions in order, and each incident's final snapshot.
+type Outcome = (
     Vec<(TransitionKind, DateTime<Utc>, Uuid)>,
     BTreeMap<Uuid, IncidentSnapshot>,
-) {
+);
+
+fn edges_and_finals(out: Vec<IncidentTransition>) -> Outcome {
     let finals: BTreeMap<Uuid, IncidentSnapshot> = out
         .iter()
         .map(|t| (t.incident.id, t.incident.clone()))
