@@ -215,12 +215,32 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &IncidentFilter) 
     }
 }
 
-/// Which of `ids` are resolved.
-pub async fn resolved_among(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM incidents WHERE id = ANY($1) AND resolved_at IS NOT NULL")
-        .bind(ids)
-        .fetch_all(pool)
-        .await
+/// Which of `ids` are resolved, and when.
+pub async fn resolved_among(
+    pool: &PgPool,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, resolved_at FROM incidents WHERE id = ANY($1) AND resolved_at IS NOT NULL",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// Live incidents that are unresolved or resolved at or after `since`: the recent history a
+/// restarted evaluator rebuilds its state against.
+pub async fn live_recent(
+    pool: &PgPool,
+    since: DateTime<Utc>,
+) -> Result<Vec<IncidentRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM incidents
+         WHERE source = 'live' AND (resolved_at IS NULL OR resolved_at >= $1)"
+    ))
+    .bind(since)
+    .fetch_all(pool)
+    .await
 }
 
 /// Per (rule, series), the highest sample sequence applied to a live incident, for every series

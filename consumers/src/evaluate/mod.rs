@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, message::PublishMessage};
+use chrono::Utc;
 use pipeline::{Engine, Rule};
 use schemas::{IncidentTransition, Span};
 use sqlx::PgPool;
@@ -221,12 +222,15 @@ impl Evaluator {
         let position = stream.consumer_info(CONSUMER).await.ok();
         let floor = position.as_ref().map_or(0, |p| p.ack_floor.stream_sequence);
         let (js, pool) = (&self.js, &self.pool);
+        let lookback = self.engine.rebuild_lookback();
+        let plan = recovery::plan_reread(js, floor, lookback).await?;
+        let since = plan.map_or_else(Utc::now, |p| p.since);
         let restored = retry_until_stopped(
             CONSUMER,
             "restore",
             shutdown,
             || async {
-                recovery::restore(js, pool, floor)
+                recovery::restore(js, pool, floor, since)
                     .await
                     .map_err(|e| format!("{e:#}"))
             },
@@ -236,19 +240,27 @@ impl Evaluator {
         let Some(restored) = restored else {
             return Ok(false);
         };
-        let watermarks = restored.watermarks.len();
-        self.engine.restore(restored.open);
+        let (incidents, watermarks) = (restored.incidents.len(), restored.watermarks.len());
+        self.engine.restore(restored.incidents);
         for ((rule_id, series_key), seq) in restored.watermarks {
             self.engine.restore_watermark(rule_id, series_key, seq);
         }
         for ((rule_id, series_key), at) in restored.resolutions {
             self.engine.restore_resolution(rule_id, series_key, at);
         }
+        let reread = match plan {
+            Some(plan) => recovery::reread(js, &mut self.engine, plan)
+                .await
+                .context("re-reading METRICS to rebuild windows")?,
+            None => 0,
+        };
         self.applied_through = floor;
         tracing::info!(
             rules = self.engine.rule_count(),
             open_episodes = self.engine.open_episodes(),
+            incidents,
             watermarks,
+            reread,
             ack_floor = floor,
             "evaluator state restored"
         );
