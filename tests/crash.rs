@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use pipeline::Engine;
-use schemas::{MetricSample, Operator, Severity};
+use schemas::{Aggregation, MetricSample, Operator, Severity, Span};
 use sqlx::Row;
 use store::rules::NewRule;
 use support::{drained, eventually, publish, Stack};
@@ -123,16 +123,19 @@ fn expected(samples: &[MetricSample], rules: Vec<pipeline::Rule>) -> Outcome {
     outcome
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_during_a_publish_loses_and_duplicates_nothing() {
+/// Publishes `samples` while SIGKILLing `tracely run` three times (at 30% and 65% of the
+/// publish, and once more while it restores its state), waits for the pipeline to drain, and
+/// checks the incidents against the pure engine run over the same stream order.
+async fn crash_scenario(rules: Vec<NewRule>, samples: Vec<MetricSample>, min_incidents: usize) {
     let stack = Stack::start().await;
     let pool = stack.pool().await;
     store::migrate(&pool).await.unwrap();
-    for rule in rules() {
+    for rule in rules {
         store::rules::insert(&pool, &rule).await.unwrap();
     }
     let engine_rules = consumers::rules::load(&pool).await.unwrap();
-    let samples = Arc::new(workload());
+    let total = samples.len();
+    let samples = Arc::new(samples);
 
     let mut child = spawn_tracely(&stack, 0);
     let js = stack.js().await;
@@ -163,7 +166,7 @@ async fn sigkill_during_a_publish_loses_and_duplicates_nothing() {
         })
     };
 
-    for (attempt, kill_at) in [(1, 30_000), (2, 65_000)] {
+    for (attempt, kill_at) in [(1, total * 30 / 100), (2, total * 65 / 100)] {
         eventually(
             "the publisher to progress",
             Duration::from_secs(120),
@@ -210,8 +213,8 @@ async fn sigkill_during_a_publish_loses_and_duplicates_nothing() {
         .collect();
     let expected = expected(&samples, engine_rules);
     assert!(
-        expected.len() > 500,
-        "the workload should open many incidents, got {}",
+        expected.len() >= min_incidents,
+        "the workload should open at least {min_incidents} incidents, got {}",
         expected.len()
     );
     let missing: Vec<_> = expected
@@ -258,4 +261,83 @@ async fn sigkill_during_a_publish_loses_and_duplicates_nothing() {
 
     child.start_kill().unwrap();
     child.wait().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_publish_loses_and_duplicates_nothing() {
+    crash_scenario(rules(), workload(), 500).await;
+}
+
+/// 20 series of one metric, one sample every 10 s of event time, drifting between calm and
+/// degraded for minutes at a time, then a far-later calm sample per series so every point
+/// before it is final.
+fn windowed_workload() -> Vec<MetricSample> {
+    let start: DateTime<Utc> = "2026-03-12T00:00:00Z".parse().unwrap();
+    let mut state = 0x1234_5678_9abc_def1u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut degraded = [false; 20];
+    let mut samples = Vec::new();
+    let rounds = 1_500;
+    for round in 0..=rounds {
+        for (series, bad) in degraded.iter_mut().enumerate() {
+            if next() % 40 == 0 {
+                *bad = !*bad;
+            }
+            let jitter = (next() % 100) as f64;
+            let (value, at) = if round == rounds {
+                (10.0, start + chrono::Duration::hours(10))
+            } else {
+                let base = if *bad { 200.0 } else { 80.0 };
+                (
+                    base + jitter,
+                    start + chrono::Duration::seconds(round as i64 * 10),
+                )
+            };
+            samples.push(MetricSample {
+                service_id: format!("svc-{series:02}"),
+                metric_type: "LATENCY_MS".to_owned(),
+                value,
+                recorded_at: at,
+                id: Some(format!("w-{round}-{series}")),
+                labels: Default::default(),
+            });
+        }
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_window_rebuilds_five_minute_averages() {
+    let five_minutes = Span::parse("5m").unwrap();
+    let pending = NewRule {
+        aggregation: Aggregation::Avg,
+        window: five_minutes,
+        pending_for: Span::parse("1m").unwrap(),
+        ..NewRule::threshold(
+            "avg 5m above 150 for 1m",
+            "LATENCY_MS",
+            Operator::Gt,
+            150.0,
+            Severity::High,
+        )
+    };
+    let sticky = NewRule {
+        aggregation: Aggregation::Avg,
+        window: five_minutes,
+        clear_threshold: Some(120.0),
+        clear_for: Span::parse("2m").unwrap(),
+        ..NewRule::threshold(
+            "avg 5m above 170",
+            "LATENCY_MS",
+            Operator::Gt,
+            170.0,
+            Severity::Medium,
+        )
+    };
+    crash_scenario(vec![pending, sticky], windowed_workload(), 100).await;
 }
