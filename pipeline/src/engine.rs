@@ -87,14 +87,21 @@ struct RuleState {
     seen_at: i64,
     /// Highest sample sequence seen; incidents record it.
     applied_seq: u64,
-    /// Samples at or below this sequence were applied before a restart: guided.
-    guided_until: u64,
-    /// When this (rule, series) was firing, from the incidents, for guided samples.
-    episodes: Vec<Episode>,
-    /// First re-read sample of a partial re-read: points within a window width of it only fill.
-    guided_from: Option<i64>,
+    /// Restart bookkeeping, dropped once the series is past what was applied before.
+    guided: Option<Box<Guided>>,
     last_resolved_at: Option<i64>,
     dirty: bool,
+}
+
+/// What a (rule, series) needs while samples a previous process applied are re-read.
+#[derive(Debug)]
+struct Guided {
+    /// Samples at or below this sequence are guided.
+    until: u64,
+    /// When this (rule, series) was firing, from the incidents.
+    episodes: Vec<Episode>,
+    /// First re-read sample of a partial re-read: points within a window width of it only fill.
+    from: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -392,10 +399,20 @@ impl Engine {
             if !rule.enabled {
                 continue;
             }
-            let guided = seq != 0 && seq <= state.guided_until;
-            if guided && *rebuild_partial && state.guided_from.is_none() {
-                state.guided_from = Some(t);
-            }
+            let guided = match &mut state.guided {
+                Some(g) if seq != 0 && seq <= g.until => {
+                    if *rebuild_partial && g.from.is_none() {
+                        g.from = Some(t);
+                    }
+                    true
+                }
+                Some(_) => {
+                    state.guided = None;
+                    false
+                }
+                None => false,
+            };
+            let guided_from = state.guided.as_ref().and_then(|g| g.from);
             state.applied_seq = state.applied_seq.max(seq);
             let mut ctx = Step {
                 rule,
@@ -403,7 +420,7 @@ impl Engine {
                 source: *source,
                 out: &mut *out,
                 guided,
-                rebuild_from: state.guided_from,
+                rebuild_from: guided_from,
             };
             let was_dirty = state.dirty;
             match rule.kind {
@@ -591,16 +608,27 @@ fn new_state(
         watermark: None,
         seen_at: 0,
         applied_seq: 0,
-        guided_until: guided_floor,
-        episodes: Vec::new(),
-        guided_from: None,
+        guided: (guided_floor > 0).then(|| {
+            Box::new(Guided {
+                until: guided_floor,
+                episodes: Vec::new(),
+                from: None,
+            })
+        }),
         last_resolved_at: None,
         dirty: false,
     };
     let Some(restore) = restores.remove(&(rule.id, series_key.to_owned())) else {
         return state;
     };
-    state.guided_until = state.guided_until.max(restore.applied_seq);
+    let guided = state.guided.get_or_insert_with(|| {
+        Box::new(Guided {
+            until: 0,
+            episodes: Vec::new(),
+            from: None,
+        })
+    });
+    guided.until = guided.until.max(restore.applied_seq);
     state.applied_seq = restore.applied_seq;
     state.last_resolved_at = restore.resolved_at;
     state.last_point = restore.resolved_at;
@@ -622,10 +650,10 @@ fn new_state(
                 clear_since: None,
             };
         }
-        state.episodes.push(episode);
+        guided.episodes.push(episode);
     }
     // With a re-read ahead, points are evaluated again (guided) from the start.
-    if state.guided_until > 0 {
+    if guided.until > 0 {
         state.last_point = None;
     }
     state
@@ -707,8 +735,8 @@ fn guided_step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &Step
         return; // the window is not full yet
     }
     let violating = value.is_some_and(|v| rule.violated_by(v));
-    let firing = state
-        .episodes
+    let episodes = state.guided.as_ref().map_or(&[][..], |g| &g.episodes[..]);
+    let firing = episodes
         .iter()
         .find(|e| e.opened <= point && e.resolved.is_none_or(|r| point < r));
     match firing {
