@@ -78,6 +78,18 @@ async fn new_fields_are_validated_and_named() {
             json!({"kind": "absent", "metric_type": "LATENCY_MS", "severity": "LOW"}),
             "window",
         ),
+        (
+            json!({"kind": "absent", "metric_type": "LATENCY_MS", "window": "3m", "for": "1m", "severity": "LOW"}),
+            "for",
+        ),
+        (
+            json!({"kind": "absent", "metric_type": "LATENCY_MS", "window": "3m", "aggregation": "avg", "severity": "LOW"}),
+            "aggregation",
+        ),
+        (
+            json!({"kind": "absent", "metric_type": "LATENCY_MS", "window": "3m", "clear_threshold": 1, "severity": "LOW"}),
+            "clear_threshold",
+        ),
     ] {
         let (status, error) = app.post("/api/rules", &body).await;
         assert_eq!(status, 422, "{body} → {error}");

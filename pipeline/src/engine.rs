@@ -60,9 +60,9 @@ pub struct Engine {
     late: u64,
     /// Samples up to this sequence were applied by a previous process (guided for every key).
     guided_floor: u64,
-    /// Whether the re-read after a restart starts after the beginning of the stream, so that
-    /// a series' first re-read samples may not be its first samples.
-    rebuild_partial: bool,
+    /// Event time a partial re-read after a restart starts at: points whose window reaches
+    /// before it only fill.
+    rebuild_since: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -100,8 +100,15 @@ struct Guided {
     until: u64,
     /// When this (rule, series) was firing, from the incidents.
     episodes: Vec<Episode>,
-    /// First re-read sample of a partial re-read: points within a window width of it only fill.
-    from: Option<i64>,
+    /// Points at or before this were evaluated before the restart (the restored incidents'
+    /// last violation or resolution), by a sample or by the passing of time.
+    through: Option<i64>,
+}
+
+impl Guided {
+    fn covers(&self, point: i64) -> bool {
+        self.through.is_some_and(|t| point <= t)
+    }
 }
 
 #[derive(Debug)]
@@ -166,7 +173,7 @@ impl Engine {
             source,
             late: 0,
             guided_floor: 0,
-            rebuild_partial: false,
+            rebuild_since: None,
         };
         engine.set_rules(rules);
         engine
@@ -186,6 +193,16 @@ impl Engine {
     /// Replaces the rule set. State of rules that no longer exist is dropped; state of disabled
     /// rules is kept so that re-enabling continues it.
     pub fn set_rules(&mut self, rules: Vec<Rule>) {
+        let reshaped: Vec<Uuid> = rules
+            .iter()
+            .filter(|new| {
+                self.slots.get(&new.id).is_some_and(|&slot| {
+                    let old = &self.rules[slot];
+                    old.window != new.window || old.aggregation != new.aggregation
+                })
+            })
+            .map(|r| r.id)
+            .collect();
         self.rules = rules;
         self.slots = self
             .rules
@@ -207,6 +224,10 @@ impl Engine {
                 .retain_mut(|state| match slots.get(&state.rule) {
                     Some(&slot) => {
                         state.slot = slot;
+                        if reshaped.contains(&state.rule) {
+                            // A window of another width or aggregation starts afresh.
+                            state.window = Window::default();
+                        }
                         true
                     }
                     None => false,
@@ -267,21 +288,21 @@ impl Engine {
     }
 
     /// Prepares re-reading METRICS after a restart: samples up to `floor_seq` were applied by
-    /// the previous process. With `partial`, the re-read starts after the beginning of the
-    /// stream: each series' windows count as full only one window width after its first
-    /// re-read sample, and earlier points only fill them.
-    pub fn prepare_rebuild(&mut self, floor_seq: u64, partial: bool) {
+    /// the previous process. `since` is where a partial re-read starts in event time (`None`
+    /// when it covers the whole stream): points whose window reaches before it only fill.
+    pub fn prepare_rebuild(&mut self, floor_seq: u64, since: Option<DateTime<Utc>>) {
         self.guided_floor = floor_seq;
-        self.rebuild_partial = partial;
+        self.rebuild_since = since.map(|s| s.timestamp_millis());
     }
 
     /// How far back in event time a restart must re-read for every window, pending and
-    /// clearing period of the current rules to be rebuilt.
+    /// clearing period of the current rules to be rebuilt: a window to fill, then a window and
+    /// the pending and clearing periods to evaluate.
     pub fn rebuild_lookback(&self) -> Span {
         let longest = self
             .rules
             .iter()
-            .map(|r| r.window.millis() + r.pending_for.millis() + r.clear_for.millis())
+            .map(|r| 2 * r.window.millis() + r.pending_for.millis() + r.clear_for.millis())
             .max()
             .unwrap_or(0);
         Span(longest + self.allowed_lateness.millis())
@@ -384,7 +405,7 @@ impl Engine {
             allowed_lateness,
             source,
             late,
-            rebuild_partial,
+            rebuild_since,
             ..
         } = self;
         let series = &mut series[sid as usize];
@@ -394,25 +415,21 @@ impl Engine {
             metric_type: &series.metric_type,
             labels: &series.labels,
         };
+        let mut was_late = false;
         for (i, state) in series.states.iter_mut().enumerate() {
             let rule = &rules[state.slot];
             if !rule.enabled {
                 continue;
             }
-            let guided = match &mut state.guided {
-                Some(g) if seq != 0 && seq <= g.until => {
-                    if *rebuild_partial && g.from.is_none() {
-                        g.from = Some(t);
-                    }
-                    true
-                }
-                Some(_) => {
+            let guided = match &state.guided {
+                Some(g) if seq != 0 && seq <= g.until => true,
+                // Past the re-read and past anything evaluated before: no longer needed.
+                Some(g) if state.last_point.is_some_and(|p| !g.covers(p + 1)) => {
                     state.guided = None;
                     false
                 }
-                None => false,
+                _ => false,
             };
-            let guided_from = state.guided.as_ref().and_then(|g| g.from);
             state.applied_seq = state.applied_seq.max(seq);
             let mut ctx = Step {
                 rule,
@@ -420,17 +437,24 @@ impl Engine {
                 source: *source,
                 out: &mut *out,
                 guided,
-                rebuild_from: guided_from,
+                rebuild_from: *rebuild_since,
             };
             let was_dirty = state.dirty;
             match rule.kind {
-                RuleKind::Absent if guided => guided_absent_sample(state, t, now_ms),
-                RuleKind::Absent => on_absent_sample(state, t, now_ms, &mut ctx),
+                RuleKind::Absent if state.last_point.is_some_and(|e| t <= e) => {}
+                RuleKind::Absent => {
+                    state.window.push(t, 0.0);
+                    let watermark = state.watermark.map_or(t, |w| w.max(t));
+                    if Some(watermark) != state.watermark {
+                        state.watermark = Some(watermark);
+                        state.seen_at = now_ms;
+                    }
+                    let frontier = watermark - rule.lateness(*allowed_lateness);
+                    drain_absent(state, frontier, &mut ctx);
+                }
                 RuleKind::Threshold if state.last_point.is_some_and(|e| t <= e) => {
                     // Re-read samples the restored state already covers are not late.
-                    if !guided {
-                        *late += 1;
-                    }
+                    was_late |= !guided;
                 }
                 RuleKind::Threshold if rule.judges_single_samples() => {
                     state.last_point = Some(t);
@@ -455,6 +479,8 @@ impl Engine {
                 dirty.push((sid, i as u32));
             }
         }
+        // Once per sample, however many rules it missed.
+        *late += u64::from(was_late);
     }
 
     /// Advances every idle series by the processing time since its newest sample, evaluating
@@ -514,7 +540,7 @@ impl Engine {
                 let frontier = watermark - rule.lateness(*allowed_lateness);
                 let was_dirty = state.dirty;
                 match rule.kind {
-                    RuleKind::Absent => check_silence(state, frontier, &mut ctx),
+                    RuleKind::Absent => drain_absent(state, frontier, &mut ctx),
                     RuleKind::Threshold => drain(state, frontier, &mut ctx),
                 }
                 if state.dirty && !was_dirty {
@@ -612,7 +638,7 @@ fn new_state(
             Box::new(Guided {
                 until: guided_floor,
                 episodes: Vec::new(),
-                from: None,
+                through: None,
             })
         }),
         last_resolved_at: None,
@@ -625,7 +651,7 @@ fn new_state(
         Box::new(Guided {
             until: 0,
             episodes: Vec::new(),
-            from: None,
+            through: None,
         })
     });
     guided.until = guided.until.max(restore.applied_seq);
@@ -650,6 +676,10 @@ fn new_state(
                 clear_since: None,
             };
         }
+        let evaluated = episode
+            .resolved
+            .unwrap_or(episode.incident.last_violation_at.timestamp_millis());
+        guided.through = Some(guided.through.map_or(evaluated, |t| t.max(evaluated)));
         guided.episodes.push(episode);
     }
     // With a re-read ahead, points are evaluated again (guided) from the start.
@@ -683,7 +713,7 @@ fn drain(state: &mut RuleState, frontier: i64, ctx: &mut Step) {
 
 /// One evaluation of a threshold rule at `point`.
 fn step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &mut Step) {
-    if ctx.guided {
+    if ctx.guided || state.guided.as_ref().is_some_and(|g| g.covers(point)) {
         guided_step(state, point, value, ctx);
         return;
     }
@@ -724,6 +754,16 @@ fn step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &mut Step) {
     }
 }
 
+/// The restored incident that was open at `point`, if any.
+fn firing_episode(state: &RuleState, point: i64) -> Option<Box<IncidentSnapshot>> {
+    let guided = state.guided.as_ref()?;
+    guided
+        .episodes
+        .iter()
+        .find(|e| e.opened <= point && e.resolved.is_none_or(|r| point < r))
+        .map(|e| e.incident.clone())
+}
+
 /// An evaluation of a point a previous process already evaluated: whether the rule was firing
 /// comes from its incidents; pending and clearing progress are rebuilt; nothing is emitted.
 fn guided_step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &Step) {
@@ -735,10 +775,7 @@ fn guided_step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &Step
         return; // the window is not full yet
     }
     let violating = value.is_some_and(|v| rule.violated_by(v));
-    let episodes = state.guided.as_ref().map_or(&[][..], |g| &g.episodes[..]);
-    let firing = episodes
-        .iter()
-        .find(|e| e.opened <= point && e.resolved.is_none_or(|r| point < r));
+    let firing = firing_episode(state, point);
     match firing {
         Some(episode) => {
             let clearing = !violating && value.is_none_or(|v| rule.cleared_by(v));
@@ -746,7 +783,7 @@ fn guided_step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &Step
                 Phase::Firing {
                     incident,
                     clear_since,
-                } if incident.id == episode.incident.id => {
+                } if incident.id == episode.id => {
                     *clear_since = if clearing {
                         Some(clear_since.unwrap_or(point))
                     } else {
@@ -755,7 +792,7 @@ fn guided_step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &Step
                 }
                 _ => {
                     state.phase = Phase::Firing {
-                        incident: episode.incident.clone(),
+                        incident: episode,
                         clear_since: clearing.then_some(point),
                     }
                 }
@@ -766,14 +803,6 @@ fn guided_step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &Step
             _ if violating => state.phase = Phase::Pending { since: point },
             _ => state.phase = Phase::Ok,
         },
-    }
-}
-
-/// A re-read sample of an `absent` rule's series: it only moves the last-seen time.
-fn guided_absent_sample(state: &mut RuleState, t: i64, now_ms: i64) {
-    if state.watermark.is_none_or(|w| t > w) {
-        state.watermark = Some(t);
-        state.seen_at = now_ms;
     }
 }
 
@@ -839,31 +868,41 @@ fn resolve(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &mut Step
     });
 }
 
-/// A sample of a series watched by an `absent` rule: it ends a silence, and first reveals one
-/// that outlasted the window while nobody was looking.
-fn on_absent_sample(state: &mut RuleState, t: i64, now_ms: i64, ctx: &mut Step) {
+/// Judges an `absent` rule's series up to `frontier`: each final sample ends any silence before
+/// it (opening and resolving an incident for a gap longer than the window), and a silence still
+/// running at the frontier fires once it has lasted the window.
+fn drain_absent(state: &mut RuleState, frontier: i64, ctx: &mut Step) {
     let width = ctx.rule.window.millis();
-    if let Some(last) = state.watermark {
-        if t > last + width && matches!(state.phase, Phase::Ok) {
-            open_silence(state, last, ctx);
+    while let Some(point) = state.window.next_point(frontier) {
+        state.window.slide_to(point, 0, schemas::Aggregation::Last);
+        if ctx.guided || state.guided.as_ref().is_some_and(|g| g.covers(point)) {
+            // Whether it was firing comes from the incidents.
+            state.phase = match firing_episode(state, point) {
+                Some(incident) => Phase::Firing {
+                    incident,
+                    clear_since: None,
+                },
+                None => Phase::Ok,
+            };
+        } else {
+            if let (Some(last), Phase::Ok) = (state.last_point, &state.phase) {
+                if point - last > width {
+                    open_silence(state, last, ctx);
+                }
+            }
+            if let Phase::Firing { incident, .. } = &state.phase {
+                if point > incident.opened_at.timestamp_millis() {
+                    let silence = state
+                        .last_point
+                        .map_or(0.0, |l| (point - l) as f64 / 1000.0);
+                    resolve(state, point, Some(silence), ctx);
+                }
+            }
         }
+        state.last_point = Some(point);
     }
-    if let Phase::Firing { incident, .. } = &state.phase {
-        if t > incident.opened_at.timestamp_millis() {
-            let silence = (t - state.watermark.unwrap_or(t)) as f64 / 1000.0;
-            resolve(state, t, Some(silence), ctx);
-        }
-    }
-    if state.watermark.is_none_or(|w| t > w) {
-        state.watermark = Some(t);
-        state.seen_at = now_ms;
-    }
-}
-
-/// Fires an `absent` rule whose silence has lasted past the frontier.
-fn check_silence(state: &mut RuleState, frontier: i64, ctx: &mut Step) {
-    if let (Some(last), Phase::Ok) = (state.watermark, &state.phase) {
-        if frontier >= last + ctx.rule.window.millis() {
+    if let (Some(last), Phase::Ok, false) = (state.last_point, &state.phase, ctx.guided) {
+        if frontier >= last + width {
             open_silence(state, last, ctx);
         }
     }
@@ -871,8 +910,18 @@ fn check_silence(state: &mut RuleState, frontier: i64, ctx: &mut Step) {
 
 fn open_silence(state: &mut RuleState, last: i64, ctx: &mut Step) {
     let width = ctx.rule.window.millis();
-    let seconds = width as f64 / 1000.0;
-    open(state, last + width, last + width, Some(seconds), ctx);
+    let at = last + width;
+    if state.guided.as_ref().is_some_and(|g| g.covers(at)) {
+        // Fired before the restart: continue the restored incident.
+        if let Some(incident) = firing_episode(state, at) {
+            state.phase = Phase::Firing {
+                incident,
+                clear_since: None,
+            };
+        }
+        return;
+    }
+    open(state, at, at, Some(width as f64 / 1000.0), ctx);
 }
 
 fn at(ms: i64) -> DateTime<Utc> {

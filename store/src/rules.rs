@@ -142,11 +142,22 @@ impl NewRule {
                 );
             }
         }
-        if self.kind == RuleKind::Absent && self.window.is_zero() {
-            return err(
-                "window",
-                "an absent rule needs the silence to wait for, such as 3m".into(),
-            );
+        if self.kind == RuleKind::Absent {
+            if self.window.is_zero() {
+                return err(
+                    "window",
+                    "an absent rule needs the silence to wait for, such as 3m".into(),
+                );
+            }
+            let unused = [
+                ("aggregation", self.aggregation != Aggregation::Last),
+                ("for", !self.pending_for.is_zero()),
+                ("clear_threshold", self.clear_threshold.is_some()),
+                ("clear_for", !self.clear_for.is_zero()),
+            ];
+            if let Some((field, _)) = unused.iter().find(|(_, set)| *set) {
+                return err(field, "does not apply to absent rules".into());
+            }
         }
         if self.kind == RuleKind::Threshold
             && self.window.is_zero()

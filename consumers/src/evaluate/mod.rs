@@ -43,8 +43,12 @@ pub struct Evaluator {
     /// Highest METRICS sequence whose effects are durable. Samples at or below it that come
     /// back (a lost ack, an expired `ack_wait`, a rebuilt pull stream) are acked and skipped.
     applied_through: u64,
-    /// Origin of the processing-time clock the engine uses to advance idle series.
+    /// Origin of the processing-time clock the engine uses to advance idle series; reset when
+    /// recovery ends, so time spent waiting or re-reading does not count as idleness.
     started: Instant,
+    /// Whether the consumer has delivered everything pending: idle series are advanced only
+    /// then, never while a backlog could still hold their samples.
+    caught_up: bool,
     allowed_lateness: Span,
 }
 
@@ -70,6 +74,7 @@ impl Evaluator {
             known_services: HashSet::new(),
             applied_through: 0,
             started: Instant::now(),
+            caught_up: false,
             js,
             pool,
             rules,
@@ -132,10 +137,11 @@ impl Evaluator {
         let mut new_services = Vec::new();
         let mut last_seq = self.applied_through;
         for msg in batch {
-            let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
+            let Ok((seq, pending)) = msg.info().map(|i| (i.stream_sequence, i.pending)) else {
                 tracing::warn!(subject = %msg.subject, "message without JetStream metadata");
                 continue;
             };
+            self.caught_up = pending == 0;
             // Decode even what was applied before, so poison whose dead-lettering failed is
             // tried again (the copy is deduplicated).
             match handler::decode(&msg) {
@@ -254,6 +260,8 @@ impl Evaluator {
                 .context("re-reading METRICS to rebuild windows")?,
             None => 0,
         };
+        self.started = Instant::now();
+        self.caught_up = false;
         self.applied_through = floor;
         tracing::info!(
             rules = self.engine.rule_count(),
@@ -279,6 +287,12 @@ impl BatchHandler for Evaluator {
 
     /// Lets windows of idle series close and silent series fire `absent` rules.
     async fn tick(&mut self, shutdown: &CancellationToken) {
+        if !self.caught_up {
+            self.caught_up = consumer_caught_up(&self.js).await;
+            if !self.caught_up {
+                return;
+            }
+        }
         let mut transitions = Vec::new();
         let now = self.clock_ms();
         self.engine.tick(now, &mut transitions);
@@ -335,6 +349,17 @@ async fn position_consumer(
         .await
         .context("re-creating the evaluate consumer")?;
     Ok(())
+}
+
+/// Whether the evaluate consumer has nothing left to deliver.
+async fn consumer_caught_up(js: &jetstream::Context) -> bool {
+    let Ok(stream) = js.get_stream(METRICS).await else {
+        return false;
+    };
+    stream
+        .consumer_info(CONSUMER)
+        .await
+        .is_ok_and(|info| info.num_pending == 0)
 }
 
 /// Publishes every transition and waits for all acks; any failure fails the whole call, and

@@ -262,9 +262,9 @@ pub async fn reread(
             break;
         }
         if !prepared {
-            // Starting after the first sample in the stream, a series' first re-read samples
-            // may not be its first: its windows are full only a window width later.
-            engine.prepare_rebuild(plan.floor, seq > first_in_stream);
+            // Starting after the first sample in the stream, windows reaching before the
+            // start of the re-read are not full.
+            engine.prepare_rebuild(plan.floor, (seq > first_in_stream).then_some(plan.since));
             prepared = true;
         }
         if let Ok(sample) = super::handler::decode(&msg) {

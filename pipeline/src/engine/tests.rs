@@ -333,18 +333,21 @@ fn absent_fires_after_the_silence_and_resolves_when_samples_return() {
         window: Span::parse("3m").unwrap(),
         ..seed("LATENCY_MS", Operator::Gt, 0.0)
     };
-    // From the data alone: a gap noticed when the next sample arrives.
+    // From the data alone: the gap is judged once the samples around it are final.
     let mut engine = Engine::new(vec![rule.clone()]);
     engine.set_idle_advance(false);
-    let out = run(
+    let mut out = run(
         &mut engine,
         &[lat(1.0, 0), lat(1.0, 60), lat(1.0, 600), lat(1.0, 620)],
     );
-    assert_eq!(kinds(&out), [(Opened, secs(240)), (Resolved, secs(600))]);
+    assert_eq!(kinds(&out), [(Opened, secs(240))]);
     assert_eq!(
         out[0].incident.message,
         "no LATENCY_MS samples for 3m on S1"
     );
+    // Time reaches 700 s: the samples at 600 s and 620 s are final, 620 s + 3 m is not yet.
+    engine.finish(secs(700), &mut out);
+    assert_eq!(kinds(&out), [(Opened, secs(240)), (Resolved, secs(600))]);
 
     // Live: fired by processing time while the series is silent.
     let mut live = Engine::new(vec![rule]);
@@ -355,7 +358,46 @@ fn absent_fires_after_the_silence_and_resolves_when_samples_return() {
     live.tick(210_000, &mut out); // 3 minutes plus the 30 s lateness
     assert_eq!(kinds(&out), [(Opened, secs(240))]);
     live.evaluate_at(&lat(1.0, 400), 2, 400_000, &mut out);
+    live.tick(431_000, &mut out); // the returning sample is final 30 s later
     assert_eq!(kinds(&out)[1], (Resolved, secs(400)));
+}
+
+#[test]
+fn absent_rules_respect_the_allowed_lateness() {
+    let rule = Rule {
+        kind: RuleKind::Absent,
+        window: Span::parse("3m").unwrap(),
+        ..seed("LATENCY_MS", Operator::Gt, 0.0)
+    };
+    let outcome = |order: &[i64]| {
+        let mut engine = Engine::new(vec![rule.clone()]);
+        engine.set_idle_advance(false);
+        let samples: Vec<_> = order.iter().map(|&t| lat(1.0, t)).collect();
+        let mut out = run(&mut engine, &samples);
+        engine.finish(secs(3600), &mut out);
+        kinds(&out)
+    };
+    // 170 s arriving 20 s after 190 s is within the lateness: no silence of 3 minutes.
+    assert_eq!(outcome(&[0, 170, 190]), outcome(&[0, 190, 170]));
+}
+
+#[test]
+fn changing_a_rules_aggregation_restarts_its_window() {
+    let rule = windowed(Aggregation::Avg, "1m", Operator::Gt, 100.0);
+    let mut engine = Engine::new(vec![rule.clone()]);
+    engine.set_allowed_lateness(Span::ZERO);
+    run(&mut engine, &[lat(50.0, 0), lat(60.0, 10)]);
+    engine.set_rules(vec![Rule {
+        aggregation: Aggregation::P95,
+        ..rule
+    }]);
+    let mut out = Vec::new();
+    engine.evaluate(&lat(500.0, 20), 3, &mut out);
+    assert_eq!(kinds(&out), [(Opened, secs(20))]);
+    assert_eq!(
+        out[0].incident.value, 500.0,
+        "only samples since the change count"
+    );
 }
 
 // Properties.
@@ -370,11 +412,17 @@ fn windowed_rules() -> Vec<Rule> {
         metric_type: "ERROR_RATE".into(),
         ..windowed(Aggregation::Count, "30s", Operator::Lt, 2.0)
     };
+    let absent = Rule {
+        kind: RuleKind::Absent,
+        window: Span::parse("15s").unwrap(),
+        ..seed("LATENCY_MS", Operator::Gt, 0.0)
+    };
     vec![
         pending,
         sticky,
         count,
         windowed(Aggregation::Rate, "1m", Operator::Gt, 1.0),
+        absent,
     ]
 }
 
@@ -530,7 +578,7 @@ proptest! {
         second.set_idle_advance(false);
         second.restore(recorded(&before));
         // The stream is short: the re-read covers it from the start.
-        second.prepare_rebuild(stop_at as u64, false);
+        second.prepare_rebuild(stop_at as u64, None);
         let mut after = Vec::new();
         for (i, s) in samples.iter().enumerate() {
             second.evaluate(s, i as u64 + 1, &mut after);
