@@ -755,6 +755,7 @@ fn step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &mut Step) {
 }
 
 /// The restored incident that was open at `point`, if any.
+#[cold]
 fn firing_episode(state: &RuleState, point: i64) -> Option<Box<IncidentSnapshot>> {
     let guided = state.guided.as_ref()?;
     guided
@@ -766,6 +767,7 @@ fn firing_episode(state: &RuleState, point: i64) -> Option<Box<IncidentSnapshot>
 
 /// An evaluation of a point a previous process already evaluated: whether the rule was firing
 /// comes from its incidents; pending and clearing progress are rebuilt; nothing is emitted.
+#[cold]
 fn guided_step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &Step) {
     let rule = ctx.rule;
     if ctx
@@ -806,6 +808,7 @@ fn guided_step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &Step
     }
 }
 
+#[cold]
 fn open(state: &mut RuleState, episode_start: i64, point: i64, value: Option<f64>, ctx: &mut Step) {
     // A new episode cannot start at or before the last resolution: it would reuse its id.
     if state.last_resolved_at.is_some_and(|r| episode_start <= r) {
@@ -850,6 +853,7 @@ fn open(state: &mut RuleState, episode_start: i64, point: i64, value: Option<f64
     state.dirty = false;
 }
 
+#[cold]
 fn resolve(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &mut Step) {
     let Phase::Firing { mut incident, .. } = std::mem::replace(&mut state.phase, Phase::Ok) else {
         return;
@@ -908,6 +912,7 @@ fn drain_absent(state: &mut RuleState, frontier: i64, ctx: &mut Step) {
     }
 }
 
+#[cold]
 fn open_silence(state: &mut RuleState, last: i64, ctx: &mut Step) {
     let width = ctx.rule.window.millis();
     let at = last + width;
