@@ -204,7 +204,8 @@ async fn a_consumer_deleted_by_hand_is_recreated_after_what_was_applied() {
         },
     )
     .await;
-    drained(&js, Duration::from_secs(20)).await;
+    // Generous: noticing the deletion may take missed heartbeats (10 s and more).
+    drained(&js, Duration::from_secs(60)).await;
     let found = incident_summary(&app).await;
     assert_eq!(found.len(), 20, "{found:?}");
     assert!(found.iter().all(|(_, count, _)| *count == 2), "{found:?}");

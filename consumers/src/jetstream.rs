@@ -263,9 +263,15 @@ async fn next_batch(
 /// Whether the pull stream must be rebuilt after this error (it will not recover by itself).
 fn is_terminal(err: &pull::MessagesError) -> bool {
     use pull::MessagesErrorKind::*;
+    // A stream that missed heartbeats may be talking to a consumer that is gone: rebuilding
+    // it checks, and re-creates the consumer if needed.
     matches!(
         err.kind(),
-        ConsumerDeleted | PushBasedConsumer | RequestLimitExceeded | NoResponders
+        ConsumerDeleted
+            | PushBasedConsumer
+            | RequestLimitExceeded
+            | NoResponders
+            | MissingHeartbeat
     )
 }
 
