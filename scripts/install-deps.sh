@@ -120,9 +120,12 @@ fi
 say "postgres: $(pg_bindir)"
 
 # --- Python packages for the publisher test ---------------------------------
+# Checked from / with a module only nats-py has: in the repository, `import nats` alone would
+# find the nats/ directory as an empty namespace package.
+py_has() { (cd / && python3 -c "import $1") 2>/dev/null; }
 missing=()
-python3 -c 'import nats' 2>/dev/null || missing+=(nats-py)
-python3 -c 'import msgpack' 2>/dev/null || missing+=(msgpack)
+py_has nats.aio.client || missing+=(nats-py)
+py_has msgpack || missing+=(msgpack)
 if [ "${#missing[@]}" -gt 0 ]; then
     pip_install "${missing[@]}"
 fi

@@ -16,8 +16,11 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Whether python3 can import nats-py and msgpack. Panics when it cannot and `CI` is set.
 fn python_ready() -> bool {
+    // Run from / and import a module only nats-py has: from the repository, `import nats`
+    // alone would find the nats/ directory as an empty namespace package.
     let ok = Command::new("python3")
-        .args(["-c", "import nats, msgpack"])
+        .args(["-c", "import nats.aio.client, msgpack"])
+        .current_dir("/")
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
