@@ -550,6 +550,49 @@ fn edges_and_finals(out: Vec<IncidentTransition>) -> Outcome {
     (edges, finals)
 }
 
+/// Runs `samples` through an engine that never stops, and through one that stops after
+/// `stop_at` samples and whose successor is rebuilt from the recorded incidents, re-reading from
+/// `reread` (`None` for the whole stream, else the first index and its event time). Returns
+/// (transitions of the stopped pair, transitions of the uninterrupted engine, transitions the
+/// successor emitted).
+fn stop_and_rebuild(
+    samples: &[MetricSample],
+    stop_at: usize,
+    reread: impl FnOnce(&Engine, &[MetricSample]) -> Option<(usize, DateTime<Utc>)>,
+) -> (
+    Vec<IncidentTransition>,
+    Vec<IncidentTransition>,
+    Vec<IncidentTransition>,
+) {
+    let rules = windowed_rules_fixed();
+    let evaluate_all = |engine: &mut Engine, samples: &[MetricSample], skip: usize| {
+        let mut out = Vec::new();
+        for (i, s) in samples.iter().enumerate().skip(skip) {
+            engine.evaluate(s, i as u64 + 1, &mut out);
+        }
+        engine.flush(&mut out);
+        out
+    };
+    let fresh = || {
+        let mut engine = Engine::new(rules.clone());
+        engine.set_idle_advance(false);
+        engine
+    };
+    let expected = evaluate_all(&mut fresh(), samples, 0);
+    let before = evaluate_all(&mut fresh(), &samples[..stop_at], 0);
+    let mut second = fresh();
+    second.restore(recorded(&before));
+    let (start, since) = match reread(&second, &samples[..stop_at]) {
+        Some((start, since)) => (start, Some(since)),
+        None => (0, None),
+    };
+    second.prepare_rebuild(stop_at as u64, since);
+    let after = evaluate_all(&mut second, samples, start);
+    let mut stopped = before;
+    stopped.extend(after.iter().cloned());
+    (stopped, expected, after)
+}
+
 proptest! {
     /// An engine that stops after any sample and is rebuilt from the recorded incidents and a
     /// re-read of the samples before the stop continues exactly like one that never stopped.
@@ -558,38 +601,12 @@ proptest! {
         samples in arb_samples(),
         stop_at in 0usize..150,
     ) {
-        let rules = windowed_rules_fixed();
         let stop_at = stop_at.min(samples.len());
-        let mut whole = Engine::new(rules.clone());
-        whole.set_idle_advance(false);
-        let mut expected = Vec::new();
-        for (i, s) in samples.iter().enumerate() {
-            whole.evaluate(s, i as u64 + 1, &mut expected);
-        }
-        whole.flush(&mut expected);
-
-        let mut first = Engine::new(rules.clone());
-        first.set_idle_advance(false);
-        let mut before = Vec::new();
-        for (i, s) in samples[..stop_at].iter().enumerate() {
-            first.evaluate(s, i as u64 + 1, &mut before);
-        }
-        first.flush(&mut before);
-
-        let mut second = Engine::new(rules);
-        second.set_idle_advance(false);
-        second.restore(recorded(&before));
         // The stream is short: the re-read covers it from the start.
-        second.prepare_rebuild(stop_at as u64, None);
-        let mut after = Vec::new();
-        for (i, s) in samples.iter().enumerate() {
-            second.evaluate(s, i as u64 + 1, &mut after);
-        }
-        second.flush(&mut after);
+        let (stopped, expected, after) = stop_and_rebuild(&samples, stop_at, |_, _| None);
         prop_assert!(after.iter().all(|t| t.incident.last_sample_seq > stop_at as u64 || t.kind == Updated),
             "the re-read emitted something");
-        before.extend(after);
-        prop_assert_eq!(edges_and_finals(before), edges_and_finals(expected));
+        prop_assert_eq!(edges_and_finals(stopped), edges_and_finals(expected));
     }
 }
 
@@ -627,37 +644,13 @@ proptest! {
         samples in arb_synced_samples(),
         stop_at in 0usize..200,
     ) {
-        let rules = windowed_rules_fixed();
         let stop_at = stop_at.min(samples.len());
-        let mut whole = Engine::new(rules.clone());
-        whole.set_idle_advance(false);
-        let mut expected = Vec::new();
-        for (i, s) in samples.iter().enumerate() {
-            whole.evaluate(s, i as u64 + 1, &mut expected);
-        }
-        whole.flush(&mut expected);
-
-        let mut first = Engine::new(rules.clone());
-        first.set_idle_advance(false);
-        let mut before = Vec::new();
-        for (i, s) in samples[..stop_at].iter().enumerate() {
-            first.evaluate(s, i as u64 + 1, &mut before);
-        }
-        first.flush(&mut before);
-
-        let mut second = Engine::new(rules);
-        second.set_idle_advance(false);
-        second.restore(recorded(&before));
-        let newest = samples[..stop_at].iter().map(|s| s.recorded_at).max().unwrap_or(t0());
-        let since = newest - Duration::milliseconds(second.rebuild_lookback().millis() + 60_000);
-        let start = samples.iter().position(|s| s.recorded_at >= since).unwrap_or(0);
-        second.prepare_rebuild(stop_at as u64, (start > 0).then_some(since));
-        let mut after = Vec::new();
-        for (i, s) in samples.iter().enumerate().skip(start) {
-            second.evaluate(s, i as u64 + 1, &mut after);
-        }
-        second.flush(&mut after);
-        before.extend(after);
-        prop_assert_eq!(edges_and_finals(before), edges_and_finals(expected));
+        let (stopped, expected, _) = stop_and_rebuild(&samples, stop_at, |engine, before| {
+            let newest = before.iter().map(|s| s.recorded_at).max().unwrap_or(t0());
+            let since = newest - Duration::milliseconds(engine.rebuild_lookback().millis() + 60_000);
+            let start = samples.iter().position(|s| s.recorded_at >= since).unwrap_or(0);
+            (start > 0).then_some((start, since))
+        });
+        prop_assert_eq!(edges_and_finals(stopped), edges_and_finals(expected));
     }
 }
