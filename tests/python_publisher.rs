@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::json;
 use support::{drained, App, Stack};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -39,26 +38,13 @@ fn python_ready() -> bool {
     ok
 }
 
-async fn seed_rules(app: &App) {
-    app.rule(
-        json!({"metric_type": "LATENCY_MS", "operator": ">", "threshold": 150, "severity": "HIGH"}),
-    )
-    .await;
-    app.rule(json!({"metric_type": "PACKET_LOSS", "operator": ">", "threshold": 1.5, "severity": "MEDIUM", "enabled": false}))
-        .await;
-    app.rule(json!({"metric_type": "BUFFER_RATIO", "operator": ">", "threshold": 6, "severity": "MEDIUM"}))
-        .await;
-    // Rule changes reach the evaluator within a second.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
 async fn seed_case(extra_args: &[&str]) {
     if !python_ready() {
         return;
     }
     let stack = Stack::start().await;
     let app = App::start(&stack).await;
-    seed_rules(&app).await;
+    app.seed_rules().await;
 
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/examples/publish.py");
     let output = tokio::process::Command::new("python3")
@@ -89,19 +75,7 @@ async fn seed_case(extra_args: &[&str]) {
         dead, 0,
         "every sample must decode; {dead} were dead-lettered"
     );
-    let mut found: Vec<(String, String, String)> = app
-        .incidents("")
-        .await
-        .iter()
-        .map(|i| {
-            (
-                i["service_id"].as_str().unwrap().to_owned(),
-                i["metric_type"].as_str().unwrap().to_owned(),
-                i["severity"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    found.sort();
+    let found = app.incident_kinds().await;
     assert_eq!(
         found,
         [

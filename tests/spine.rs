@@ -12,25 +12,11 @@ use support::{drained, publish, sample, App, Stack};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn seed_rules(app: &App) {
-    app.rule(
-        json!({"metric_type": "LATENCY_MS", "operator": ">", "threshold": 150, "severity": "HIGH"}),
-    )
-    .await;
-    app.rule(json!({"metric_type": "PACKET_LOSS", "operator": ">", "threshold": 1.5, "severity": "MEDIUM", "enabled": false}))
-        .await;
-    app.rule(json!({"metric_type": "BUFFER_RATIO", "operator": ">", "threshold": 6, "severity": "MEDIUM"}))
-        .await;
-    // Rule changes reach the evaluator within a second; samples published sooner may be
-    // evaluated against the previous rule set.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_case_through_the_cli_publisher() {
     let stack = Stack::start().await;
     let app = App::start(&stack).await;
-    seed_rules(&app).await;
+    app.seed_rules().await;
 
     let file = stack.path().join("samples.csv");
     std::fs::write(
@@ -61,19 +47,7 @@ async fn seed_case_through_the_cli_publisher() {
     );
 
     drained(&stack.js().await, WAIT).await;
-    let mut found: Vec<(String, String, String)> = app
-        .incidents("")
-        .await
-        .iter()
-        .map(|i| {
-            (
-                i["service_id"].as_str().unwrap().to_owned(),
-                i["metric_type"].as_str().unwrap().to_owned(),
-                i["severity"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    found.sort();
+    let found = app.incident_kinds().await;
     assert_eq!(
         found,
         [
@@ -114,7 +88,7 @@ async fn seed_case_through_the_cli_publisher() {
 async fn a_thousand_violations_open_one_incident() {
     let stack = Stack::start().await;
     let app = App::start(&stack).await;
-    seed_rules(&app).await;
+    app.seed_rules().await;
     let samples: Vec<_> = (0..1000)
         .map(|i| {
             let mut s = sample(
@@ -143,7 +117,7 @@ async fn a_thousand_violations_open_one_incident() {
 async fn recovery_between_violations_opens_a_second_incident() {
     let stack = Stack::start().await;
     let app = App::start(&stack).await;
-    seed_rules(&app).await;
+    app.seed_rules().await;
     publish(
         &stack.js().await,
         &[
@@ -182,7 +156,7 @@ async fn recovery_between_violations_opens_a_second_incident() {
 async fn the_same_sample_id_twice_counts_once() {
     let stack = Stack::start().await;
     let app = App::start(&stack).await;
-    seed_rules(&app).await;
+    app.seed_rules().await;
     let mut s = sample("S1", "LATENCY_MS", 180.0, "2026-03-12T09:00:00Z");
     s.id = Some("s1-latency-0900".into());
     let js = stack.js().await;
@@ -212,7 +186,7 @@ async fn the_same_sample_id_twice_counts_once() {
 async fn poison_messages_are_dead_lettered_and_later_samples_still_count() {
     let stack = Stack::start().await;
     let app = App::start(&stack).await;
-    seed_rules(&app).await;
+    app.seed_rules().await;
     let js = stack.js().await;
     let nan = rmp_serde::to_vec_named(&json!({
         "service_id": "S1", "metric_type": "LATENCY_MS", "value": 1.0, "recorded_at": 0
@@ -361,7 +335,7 @@ fn replace_f64(mut body: Vec<u8>, from: f64, to: f64) -> Vec<u8> {
 async fn filters_narrow_the_incident_list() {
     let stack = Stack::start().await;
     let app = App::start(&stack).await;
-    seed_rules(&app).await;
+    app.seed_rules().await;
     publish(
         &stack.js().await,
         &[

@@ -158,6 +158,38 @@ impl App {
         body["data"].as_array().unwrap().clone()
     }
 
+    /// (service, metric, severity) of every incident, sorted: what the seed cases compare.
+    pub async fn incident_kinds(&self) -> Vec<(String, String, String)> {
+        let field = |i: &Value, name: &str| i[name].as_str().unwrap().to_owned();
+        let mut kinds: Vec<_> = self
+            .incidents("")
+            .await
+            .iter()
+            .map(|i| {
+                (
+                    field(i, "service_id"),
+                    field(i, "metric_type"),
+                    field(i, "severity"),
+                )
+            })
+            .collect();
+        kinds.sort();
+        kinds
+    }
+
+    /// The seed's three rules: latency > 150 (HIGH), packet loss > 1.5 (MEDIUM, disabled) and
+    /// buffer ratio > 6 (MEDIUM). Waits the second that rule changes take to reach the
+    /// evaluator, so samples published next are judged by them.
+    pub async fn seed_rules(&self) {
+        self.rule(json!({"metric_type": "LATENCY_MS", "operator": ">", "threshold": 150, "severity": "HIGH"}))
+            .await;
+        self.rule(json!({"metric_type": "PACKET_LOSS", "operator": ">", "threshold": 1.5, "severity": "MEDIUM", "enabled": false}))
+            .await;
+        self.rule(json!({"metric_type": "BUFFER_RATIO", "operator": ">", "threshold": 6, "severity": "MEDIUM"}))
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.handle
