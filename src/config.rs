@@ -3,6 +3,7 @@
 //! default.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
@@ -19,6 +20,11 @@ pub const ENV_VARS: &[&str] = &[
     "TRACELY_DB_MAX_CONNECTIONS",
     "TRACELY_SHUTDOWN_TIMEOUT_SECS",
     "TRACELY_ALLOWED_LATENESS_SECS",
+    "TRACELY_RATE_LIMIT_PER_SEC",
+    "TRACELY_RATE_LIMIT_BURST",
+    "TRACELY_CORS_ORIGINS",
+    "TRACELY_MAX_BODY_BYTES",
+    "TRACELY_API_KEY",
     "TRACELY_DATA_DIR",
     "TRACELY_LOG_FORMAT",
     "TRACELY_NATS_SERVER_BIN",
@@ -64,6 +70,36 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Publish samples from a CSV or NDJSON file to the METRICS stream.
     Publish(PublishArgs),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Apikey(ApikeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApikeyCommand {
+    /// Create a key and print it. It is shown only this once.
+    Create {
+        /// What the key may do: viewer (reads), operator (also works incidents) or admin (also
+        /// rules, departments, services and keys).
+        #[arg(long)]
+        role: store::api_keys::Role,
+        /// A name to recognise the key by; it appears as the actor in incident timelines.
+        #[arg(long, default_value = "cli")]
+        name: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Revoke a key by id; requests with it get 401 from then on.
+    Revoke {
+        id: uuid::Uuid,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +159,81 @@ pub struct ServeArgs {
     /// windowed rules. Windows wait this long (in event time) before evaluating.
     #[arg(long, env = "TRACELY_ALLOWED_LATENESS_SECS", default_value_t = 30)]
     pub allowed_lateness_secs: u64,
+
+    /// Sustained API requests per second allowed per key (or per client address without a
+    /// valid key). Beyond it requests get 429 with Retry-After.
+    #[arg(long, env = "TRACELY_RATE_LIMIT_PER_SEC", default_value_t = NonZeroU32::new(50).unwrap())]
+    pub rate_limit_per_sec: NonZeroU32,
+
+    /// Requests a caller may send at once above the sustained rate.
+    #[arg(long, env = "TRACELY_RATE_LIMIT_BURST", default_value_t = NonZeroU32::new(100).unwrap())]
+    pub rate_limit_burst: NonZeroU32,
+
+    /// Origins allowed to call the API from a browser, comma-separated (`*` for any). Empty
+    /// allows none, which is right when the dashboard is served by Tracely itself.
+    #[arg(long, env = "TRACELY_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
+
+    /// Largest request body accepted, in bytes; larger ones get 413. `POST /api/metrics`
+    /// takes up to 16 MiB regardless, for batches of samples.
+    #[arg(long, env = "TRACELY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+}
+
+/// An origin such as `https://ops.example.com`, or `*`.
+fn parse_origin(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text == "*" {
+        return Ok(text.to_owned());
+    }
+    let valid = (text.starts_with("http://") || text.starts_with("https://"))
+        && !text
+            .trim_end_matches('/')
+            .contains(|c: char| c.is_whitespace())
+        && text.matches('/').count() == 2
+        && axum::http::HeaderValue::from_str(text).is_ok();
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an origin such as https://ops.example.com (scheme and host, no path), or *"
+        ))
+    }
+}
+
+impl ServeArgs {
+    /// The HTTP settings these flags describe.
+    pub fn http(&self) -> HttpConfig {
+        HttpConfig {
+            rate_limit: api::auth::RateLimit {
+                per_second: self.rate_limit_per_sec,
+                burst: self.rate_limit_burst,
+            },
+            cors_origins: self.cors_origins.clone(),
+            max_body_bytes: self.max_body_bytes,
+        }
+    }
+}
+
+/// How the HTTP API treats callers.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub rate_limit: api::auth::RateLimit,
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            rate_limit: api::auth::RateLimit {
+                per_second: NonZeroU32::new(50).unwrap(),
+                burst: NonZeroU32::new(100).unwrap(),
+            },
+            cors_origins: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

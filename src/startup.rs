@@ -2,6 +2,7 @@
 //! topology, binds the HTTP listener, and runs the chosen roles until shutdown.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -14,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Role;
+use crate::config::{HttpConfig, Role};
 
 /// How long start-up waits for NATS and Postgres to answer before giving up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
@@ -31,6 +32,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// How late a sample may arrive and still count in windowed rules.
     pub allowed_lateness: Duration,
+    /// Rate limits, CORS and body size of the HTTP API.
+    pub http: HttpConfig,
 }
 
 /// A connected, migrated process ready to run its roles.
@@ -124,16 +127,28 @@ impl Application {
             tasks.spawn(async move { ("record", recorder.run_until_stopped(token).await) });
         }
         if let Some(listener) = listener {
+            let http = &settings.http;
             let state = api::AppState {
                 pool: pool.clone(),
                 nats: nats.clone(),
                 js: js.clone(),
                 metrics: api::telemetry::prometheus(),
-                ready_timeout: Duration::from_secs(2),
+                auth: Arc::new(api::auth::Auth::new(http.rate_limit)),
+                settings: Arc::new(api::HttpSettings {
+                    ready_timeout: Duration::from_secs(2),
+                    max_body_bytes: http.max_body_bytes,
+                    cors_origins: http.cors_origins.clone(),
+                }),
             };
+            let (auth, auth_pool, token) = (state.auth.clone(), pool.clone(), stop.clone());
+            tasks.spawn(async move {
+                record_key_use(&auth, &auth_pool, &token).await;
+                ("key usage", Ok(()))
+            });
             let token = stop.clone();
             tasks.spawn(async move {
-                let served = axum::serve(listener, api::app(state))
+                let app = api::app(state).into_make_service_with_connect_info::<SocketAddr>();
+                let served = axum::serve(listener, app)
                     .with_graceful_shutdown(token.cancelled_owned())
                     .await
                     .context("serving HTTP");
@@ -184,6 +199,21 @@ impl Application {
             None => Ok(()),
         }
     }
+}
+
+/// Every few seconds, writes down which keys were used, until stopped.
+async fn record_key_use(auth: &api::auth::Auth, pool: &PgPool, stop: &CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        if let Err(e) = auth.flush(pool).await {
+            tracing::debug!(error = %e, "could not record key use; will retry");
+        }
+    }
+    let _ = auth.flush(pool).await;
 }
 
 /// Connects to NATS, retrying for a while so a server that is still starting is waited for.

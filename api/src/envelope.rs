@@ -1,5 +1,5 @@
 //! The response envelopes: `{"data": …}` for one resource, `{"data": […], "meta": {…}}` for
-//! lists.
+//! lists. The structs are what the API document describes; the functions build responses.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -7,6 +7,28 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::json;
 use store::Page;
+use utoipa::ToSchema;
+
+/// One resource.
+#[derive(Serialize, ToSchema)]
+pub struct Data<T> {
+    pub data: T,
+}
+
+/// A page of a list.
+#[derive(Serialize, ToSchema)]
+pub struct List<T> {
+    pub data: Vec<T>,
+    pub meta: ListMeta,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ListMeta {
+    /// How many items match the filters, across all pages.
+    pub total: i64,
+    pub limit: i64,
+    pub offset: i64,
+}
 
 /// `{"data": value}` with 200.
 pub fn data<T: Serialize>(value: T) -> Response {

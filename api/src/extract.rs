@@ -10,7 +10,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use serde_json::json;
-use store::Page;
+use store::{Page, Sort, SortField};
 
 use crate::error::ApiError;
 
@@ -146,6 +146,33 @@ impl Params {
             return Err(query_error("offset", "must not be negative"));
         }
         Ok(Page { limit, offset })
+    }
+
+    /// `sort_by` (one of `fields`) and `sort_dir` (`asc` or `desc`). Without `sort_by` the list
+    /// keeps its `default` order; `sort_dir` alone reverses or keeps that order.
+    pub fn sort(&mut self, fields: &[SortField], default: Sort) -> Result<Sort, ApiError> {
+        let field = match self.take::<String>("sort_by")? {
+            None => default.field,
+            Some(name) => *fields.iter().find(|f| f.name == name).ok_or_else(|| {
+                let names: Vec<_> = fields.iter().map(|f| f.name).collect();
+                query_error(
+                    "sort_by",
+                    &format!("cannot sort by {name:?}; use one of {}", names.join(", ")),
+                )
+            })?,
+        };
+        let descending = match self.take::<String>("sort_dir")?.as_deref() {
+            None => default.descending,
+            Some("asc") => false,
+            Some("desc") => true,
+            Some(other) => {
+                return Err(query_error(
+                    "sort_dir",
+                    &format!("{other:?} is not asc or desc"),
+                ))
+            }
+        };
+        Ok(Sort { field, descending })
     }
 
     /// Fails if any parameter was not taken.

@@ -1,23 +1,31 @@
 //! The HTTP API. [`app`] builds the router from an [`AppState`]; [`routes`] holds one module per
-//! resource; [`error`] is the single error type and its JSON envelope; [`extract`] has the JSON
-//! body and query-string extractors whose rejections use that same envelope; [`telemetry`]
+//! resource; [`auth`] checks API keys, roles and rate limits; [`error`] is the single error type
+//! and its JSON envelope; [`extract`] has the JSON body and query-string extractors whose
+//! rejections use that same envelope; [`openapi`] assembles the API document; [`telemetry`]
 //! records HTTP metrics and renders `/metrics`.
 
+pub mod auth;
 pub mod envelope;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod publish;
 pub mod routes;
 pub mod telemetry;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
-use axum::Router;
+use axum::http::{header, HeaderValue, Method};
+use axum::routing::get;
+use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::ApiError;
 
@@ -28,41 +36,73 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub metrics: PrometheusHandle,
+    pub auth: Arc<auth::Auth>,
+    pub settings: Arc<HttpSettings>,
+}
+
+/// How the HTTP side behaves.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
     /// How long readiness checks wait for each dependency.
     pub ready_timeout: Duration,
+    /// Largest request body accepted, except `POST /api/metrics`, which takes batches.
+    pub max_body_bytes: usize,
+    /// Origins allowed to call the API from a browser; empty allows none, `*` allows any.
+    pub cors_origins: Vec<String>,
 }
 
 /// The whole router, ready to serve or to call with `oneshot` in tests.
 pub fn app(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/incidents", get(routes::incidents::list))
-        .route("/incidents/{id}", get(routes::incidents::get))
+    let (router, doc) = routes(&state);
+    let doc = Arc::new(doc);
+    router
         .route(
-            "/rules",
-            get(routes::rules::list).post(routes::rules::create),
+            "/api/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc) }
+            }),
         )
-        .route(
-            "/rules/{id}",
-            get(routes::rules::get)
-                .patch(routes::rules::update)
-                .delete(routes::rules::delete),
-        )
-        .route("/services", get(routes::services::list))
-        .route(
-            "/metrics",
-            post(routes::metrics::publish)
-                .layer(DefaultBodyLimit::max(routes::metrics::MAX_BODY_BYTES)),
-        )
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed);
-    Router::new()
         .route("/", get(routes::home::index))
-        .nest("/api", api)
-        .route("/health", get(routes::health::health))
-        .route("/ready", get(routes::health::ready))
-        .route("/metrics", get(telemetry::render))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(cors(&state.settings.cors_origins))
         .layer(axum::middleware::from_fn(telemetry::track_requests))
         .with_state(state)
+}
+
+/// The documented routes and their document: `/api/…` behind authentication, plus the open
+/// health and metrics routes.
+fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let api = routes::api().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ));
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .nest("/api", api)
+        .merge(routes::open())
+        .split_for_parts();
+    openapi::finish(&mut doc);
+    (router, doc)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
 }

@@ -23,6 +23,9 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// Prometheus text exposition of the process's metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "Prometheus text format 0.0.4.", content_type = "text/plain", body = String)))]
 pub async fn render(State(state): State<AppState>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],

@@ -71,6 +71,22 @@ impl Span {
     }
 }
 
+/// Documented as text such as `5m`, the form it is read and written in.
+impl utoipa::PartialSchema for Span {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .pattern(Some("^(0|([0-9]{1,9}(ms|s|m|h|d))+)$"))
+            .description(Some(
+                "A duration such as 250ms, 30s, 5m, 1h30m or 2d; at most 7d.",
+            ))
+            .examples([serde_json::json!("5m")])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Span {}
+
 impl fmt::Display for Span {
     /// The shortest canonical spelling: `0`, `1h30m`, `250ms`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -14,6 +14,8 @@ use crate::startup::{Application, Settings};
 
 pub const DEV_ENV_FILE: &str = "dev.env";
 const DATABASE: &str = "tracely";
+/// The name of the admin key each run of the local stack creates.
+const DEV_KEY_NAME: &str = "local-stack";
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = &args.data_dir;
@@ -39,13 +41,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         db_max_connections: args.serve.db_max_connections,
         shutdown_timeout: Duration::from_secs(args.serve.shutdown_timeout_secs),
         allowed_lateness: Duration::from_secs(args.serve.allowed_lateness_secs),
+        http: args.serve.http(),
     };
     let result = async {
         let app = Application::build(settings).await?;
         let addr = app.http_addr().context("the API role has no listener")?;
+        let api_key = admin_key(app.pool()).await?;
         let env_file = data_dir.join(DEV_ENV_FILE);
-        write_dev_env(&env_file, &nats.url(), &database_url)?;
-        print_banner(&addr.to_string(), &env_file, &nats.url(), &database_url);
+        write_dev_env(&env_file, &nats.url(), &database_url, &api_key)?;
+        print_banner(
+            &addr.to_string(),
+            &env_file,
+            &nats.url(),
+            &database_url,
+            &api_key,
+        );
         app.run_until_stopped(shutdown::on_signal()).await
     }
     .await;
@@ -64,15 +74,29 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     result
 }
 
-fn write_dev_env(path: &Path, nats_url: &str, database_url: &str) -> anyhow::Result<()> {
+/// A fresh admin key for this run of the local stack; the previous run's is revoked.
+async fn admin_key(pool: &sqlx::PgPool) -> anyhow::Result<String> {
+    store::api_keys::revoke_named(pool, DEV_KEY_NAME).await?;
+    let created = api::auth::create_key(pool, DEV_KEY_NAME, store::api_keys::Role::Admin)
+        .await
+        .context("creating the local stack's admin key")?;
+    Ok(created.key)
+}
+
+fn write_dev_env(
+    path: &Path,
+    nats_url: &str,
+    database_url: &str,
+    api_key: &str,
+) -> anyhow::Result<()> {
     let text = format!(
         "# Written by `tracely dev`: how to reach the local stack.\n\
-         TRACELY_NATS_URL={nats_url}\nDATABASE_URL={database_url}\n"
+         TRACELY_NATS_URL={nats_url}\nDATABASE_URL={database_url}\nTRACELY_API_KEY={api_key}\n"
     );
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
 
-fn print_banner(addr: &str, env_file: &Path, nats_url: &str, database_url: &str) {
+fn print_banner(addr: &str, env_file: &Path, nats_url: &str, database_url: &str, api_key: &str) {
     println!(
         "\nTracely is running.\n\
          \n  Dashboard   http://{addr}/\
@@ -81,6 +105,7 @@ fn print_banner(addr: &str, env_file: &Path, nats_url: &str, database_url: &str)
          \n  Metrics     http://{addr}/metrics\
          \n  NATS        {nats_url}\
          \n  Postgres    {database_url}\
+         \n  API key     {api_key}  (admin; send as Authorization: Bearer)\
          \n\nConnection settings are in {} (other tracely commands read it).\
          \nPress Ctrl-C to stop.\n",
         env_file.display()

@@ -1,5 +1,6 @@
 //! The `tracely` command line: parses the settings and runs one subcommand.
 
+pub mod apikey;
 pub mod dev;
 pub mod publish;
 
@@ -40,6 +41,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish(args) => publish::run(args).await,
+        Command::Apikey(command) => apikey::run(command).await.map(|()| ExitCode::SUCCESS),
     }
 }
 
@@ -54,6 +56,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         db_max_connections: args.serve.db_max_connections,
         shutdown_timeout: Duration::from_secs(args.serve.shutdown_timeout_secs),
         allowed_lateness: Duration::from_secs(args.serve.allowed_lateness_secs),
+        http: args.serve.http(),
     };
     let app = Application::build(settings).await?;
     if let Some(addr) = app.http_addr() {

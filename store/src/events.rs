@@ -8,7 +8,7 @@ use uuid::Uuid;
 /// Who made a change that the pipeline made by itself.
 pub const PIPELINE_ACTOR: &str = "pipeline";
 
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRecord {
     pub id: Uuid,
     pub incident_id: Uuid,

@@ -9,14 +9,14 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::Page;
+use crate::{Page, Sort, SortField};
 
 const COLUMNS: &str = "id, rule_id, rule_name, service_id, metric_type, series_key, labels, \
     department_id, severity, status, operator, threshold, message, value, peak_value, \
     last_value, violation_count, opened_at, last_violation_at, acknowledged_at, in_progress_at, \
     closed_at, resolved_at, source, last_sample_seq, auto_resolve, created_at, updated_at";
 
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct IncidentRecord {
     pub id: Uuid,
     pub rule_id: Uuid,
@@ -24,6 +24,7 @@ pub struct IncidentRecord {
     pub service_id: String,
     pub metric_type: String,
     pub series_key: String,
+    #[schema(value_type = BTreeMap<String, String>)]
     pub labels: sqlx::types::Json<BTreeMap<String, String>>,
     pub department_id: Option<Uuid>,
     #[sqlx(try_from = "String")]
@@ -91,7 +92,36 @@ pub struct IncidentFilter {
     pub severity: Option<Severity>,
     pub service_id: Option<String>,
     pub rule_id: Option<Uuid>,
+    pub department_id: Option<Uuid>,
+    /// Opened at or after.
+    pub from: Option<DateTime<Utc>>,
+    /// Opened before.
+    pub to: Option<DateTime<Utc>>,
+    /// A substring of the message, service id or rule name, any case.
+    pub search: Option<String>,
 }
+
+/// The text `search` looks in; the same expression is indexed with trigrams.
+const SEARCH_TEXT: &str = "(message || ' ' || service_id || ' ' || rule_name)";
+
+pub const SORT_FIELDS: &[SortField] = &[
+    SortField::new("opened_at", "opened_at"),
+    SortField::new("last_violation_at", "last_violation_at"),
+    SortField::new("updated_at", "updated_at"),
+    SortField::new(
+        "severity",
+        "CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2 ELSE 1 END",
+    ),
+    SortField::new("status", "status"),
+    SortField::new("service_id", "service_id"),
+    SortField::new("peak_value", "peak_value"),
+];
+
+/// Newest first.
+pub const DEFAULT_SORT: Sort = Sort {
+    field: SORT_FIELDS[0],
+    descending: true,
+};
 
 /// Inserts the incident or merges the snapshot into it: counts, peaks, sequences and times only
 /// move forward, and a resolution is never undone. The first resolution of an `auto_resolve`
@@ -170,19 +200,16 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<IncidentRecord>, sqlx
         .await
 }
 
-/// Newest first, with the total number of matches.
+/// One page in the given order, with the total number of matches.
 pub async fn list(
     pool: &PgPool,
     filter: &IncidentFilter,
+    sort: Sort,
     page: Page,
 ) -> Result<(Vec<IncidentRecord>, i64), sqlx::Error> {
     let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM incidents"));
     push_filter(&mut query, filter);
-    query
-        .push(" ORDER BY opened_at DESC, id LIMIT ")
-        .push_bind(page.limit)
-        .push(" OFFSET ")
-        .push_bind(page.offset);
+    sort.push_order_and_page(&mut query, "id", page);
     let rows = query.build_query_as().fetch_all(pool).await?;
 
     let mut count = QueryBuilder::new("SELECT count(*) FROM incidents");
@@ -193,26 +220,56 @@ pub async fn list(
 
 fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &IncidentFilter) {
     let mut sep = " WHERE ";
-    let mut clause = |query: &mut QueryBuilder<'_, Postgres>, column: &str| {
-        query.push(sep).push(column).push(" = ");
+    let mut clause = |query: &mut QueryBuilder<'_, Postgres>, condition: &str| {
+        query.push(sep).push(condition);
         sep = " AND ";
     };
     if let Some(status) = filter.status {
-        clause(query, "status");
+        clause(query, "status = ");
         query.push_bind(status.as_str());
     }
     if let Some(severity) = filter.severity {
-        clause(query, "severity");
+        clause(query, "severity = ");
         query.push_bind(severity.as_str());
     }
     if let Some(service_id) = &filter.service_id {
-        clause(query, "service_id");
+        clause(query, "service_id = ");
         query.push_bind(service_id.clone());
     }
     if let Some(rule_id) = filter.rule_id {
-        clause(query, "rule_id");
+        clause(query, "rule_id = ");
         query.push_bind(rule_id);
     }
+    if let Some(department_id) = filter.department_id {
+        clause(query, "department_id = ");
+        query.push_bind(department_id);
+    }
+    if let Some(from) = filter.from {
+        clause(query, "opened_at >= ");
+        query.push_bind(from);
+    }
+    if let Some(to) = filter.to {
+        clause(query, "opened_at < ");
+        query.push_bind(to);
+    }
+    if let Some(search) = &filter.search {
+        clause(query, SEARCH_TEXT);
+        query.push(" ILIKE ").push_bind(like_pattern(search));
+    }
+}
+
+/// `%text%` with the LIKE wildcards in `text` taken literally.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Which of `ids` are resolved, and when.
@@ -268,4 +325,15 @@ pub async fn live_last_resolutions(
     )
     .fetch_all(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_wildcards_are_taken_literally() {
+        assert_eq!(like_pattern("50%_a\\b"), "%50\\%\\_a\\\\b%");
+        assert_eq!(like_pattern("latency"), "%latency%");
+    }
 }

@@ -4,6 +4,7 @@
 //! Queries are plain SQL, one small function each, taking a pool or a transaction. Writes made
 //! on behalf of the pipeline are idempotent, keyed on deterministic ids.
 
+pub mod api_keys;
 pub mod departments;
 pub mod events;
 pub mod incidents;
@@ -17,7 +18,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-pub use page::Page;
+pub use page::{Page, Sort, SortField};
 
 /// The schema migrations, embedded at build time from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 
 use schemas::{Aggregation, Operator, RuleKind, Severity, Span};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::Page;
+use crate::{Page, Sort, SortField};
 
 /// Channel that rule changes are announced on.
 pub const CHANGED_CHANNEL: &str = "tracely_rules_changed";
@@ -19,7 +19,7 @@ const COLUMNS: &str = "id, name, kind, metric_type, service_id, labels, aggregat
                        auto_resolve, severity, department_id, enabled, trigger_count, \
                        created_at, updated_at";
 
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RuleRecord {
     pub id: Uuid,
     pub name: String,
@@ -27,18 +27,22 @@ pub struct RuleRecord {
     pub kind: RuleKind,
     pub metric_type: String,
     pub service_id: Option<String>,
+    #[schema(value_type = BTreeMap<String, String>)]
     pub labels: sqlx::types::Json<BTreeMap<String, String>>,
     #[sqlx(try_from = "String")]
     pub aggregation: Aggregation,
     #[serde(rename = "window", serialize_with = "as_span")]
+    #[schema(value_type = Span)]
     pub window_ms: i64,
     #[sqlx(try_from = "String")]
     pub operator: Operator,
     pub threshold: f64,
     #[serde(rename = "for", serialize_with = "as_span")]
+    #[schema(value_type = Span)]
     pub pending_for_ms: i64,
     pub clear_threshold: Option<f64>,
     #[serde(rename = "clear_for", serialize_with = "as_span")]
+    #[schema(value_type = Span)]
     pub clear_for_ms: i64,
     pub auto_resolve: bool,
     #[sqlx(try_from = "String")]
@@ -207,18 +211,82 @@ pub async fn list_all(pool: &PgPool) -> Result<Vec<RuleRecord>, sqlx::Error> {
     .await
 }
 
-pub async fn list(pool: &PgPool, page: Page) -> Result<(Vec<RuleRecord>, i64), sqlx::Error> {
-    let rows = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM rules ORDER BY created_at, id LIMIT $1 OFFSET $2"
-    ))
-    .bind(page.limit)
-    .bind(page.offset)
-    .fetch_all(pool)
-    .await?;
-    let total = sqlx::query_scalar("SELECT count(*) FROM rules")
-        .fetch_one(pool)
-        .await?;
+/// Filters of `GET /api/rules`; `None` means any.
+#[derive(Debug, Clone, Default)]
+pub struct RuleFilter {
+    pub metric_type: Option<String>,
+    pub service_id: Option<String>,
+    pub severity: Option<Severity>,
+    pub department_id: Option<Uuid>,
+    pub enabled: Option<bool>,
+}
+
+pub const SORT_FIELDS: &[SortField] = &[
+    SortField::new("created_at", "created_at"),
+    SortField::new("updated_at", "updated_at"),
+    SortField::new("name", "name"),
+    SortField::new("metric_type", "metric_type"),
+    SortField::new("trigger_count", "trigger_count"),
+    SortField::new(
+        "severity",
+        "CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2 ELSE 1 END",
+    ),
+];
+
+/// Oldest first: the order rules were written in.
+pub const DEFAULT_SORT: Sort = Sort {
+    field: SORT_FIELDS[0],
+    descending: false,
+};
+
+/// The rules that opened most incidents: `sort` by trigger count, descending.
+pub const TOP_TRIGGERED: Sort = Sort {
+    field: SORT_FIELDS[4],
+    descending: true,
+};
+
+pub async fn list(
+    pool: &PgPool,
+    filter: &RuleFilter,
+    sort: Sort,
+    page: Page,
+) -> Result<(Vec<RuleRecord>, i64), sqlx::Error> {
+    let mut query = QueryBuilder::new(format!("SELECT {COLUMNS} FROM rules"));
+    push_filter(&mut query, filter);
+    sort.push_order_and_page(&mut query, "id", page);
+    let rows = query.build_query_as().fetch_all(pool).await?;
+    let mut count = QueryBuilder::new("SELECT count(*) FROM rules");
+    push_filter(&mut count, filter);
+    let total = count.build_query_scalar().fetch_one(pool).await?;
     Ok((rows, total))
+}
+
+fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &RuleFilter) {
+    let mut sep = " WHERE ";
+    let mut clause = |query: &mut QueryBuilder<'_, Postgres>, condition: &str| {
+        query.push(sep).push(condition);
+        sep = " AND ";
+    };
+    if let Some(metric_type) = &filter.metric_type {
+        clause(query, "metric_type = ");
+        query.push_bind(metric_type.clone());
+    }
+    if let Some(service_id) = &filter.service_id {
+        clause(query, "service_id = ");
+        query.push_bind(service_id.clone());
+    }
+    if let Some(severity) = filter.severity {
+        clause(query, "severity = ");
+        query.push_bind(severity.as_str());
+    }
+    if let Some(department_id) = filter.department_id {
+        clause(query, "department_id = ");
+        query.push_bind(department_id);
+    }
+    if let Some(enabled) = filter.enabled {
+        clause(query, "enabled = ");
+        query.push_bind(enabled);
+    }
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<RuleRecord>, sqlx::Error> {

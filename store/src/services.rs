@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::Page;
 
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ServiceRecord {
     pub id: String,
     pub display_name: Option<String>,

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracely::config::Role;
+use tracely::config::{HttpConfig, Role};
 use tracely::devstack::{NatsServer, Postgres};
 use tracely::startup::{Application, Settings};
 
@@ -62,6 +62,7 @@ impl Stack {
             db_max_connections: 5,
             shutdown_timeout: Duration::from_secs(10),
             allowed_lateness: Duration::from_secs(30),
+            http: HttpConfig::default(),
         }
     }
 
@@ -86,7 +87,11 @@ impl Stack {
 /// Tracely running in this process.
 pub struct App {
     pub addr: SocketAddr,
+    /// Sends the admin key with every request.
     pub http: reqwest::Client,
+    /// An admin key created for the test.
+    pub admin_key: String,
+    pub pool: PgPool,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow::Result<()>>,
 }
@@ -103,14 +108,23 @@ impl App {
         let addr = app
             .http_addr()
             .unwrap_or_else(|| "127.0.0.1:9".parse().unwrap());
+        let pool = app.pool().clone();
+        let admin_key = key(&pool, KeyRole::Admin).await;
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         App {
             addr,
-            http: reqwest::Client::new(),
+            http: client_with_key(&admin_key),
+            admin_key,
+            pool,
             shutdown,
             handle,
         }
+    }
+
+    /// A client that sends a new key of `role`.
+    pub async fn client(&self, role: KeyRole) -> reqwest::Client {
+        client_with_key(&key(&self.pool, role).await)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -199,7 +213,27 @@ impl App {
     }
 }
 
-async fn decode(response: reqwest::Response) -> (u16, Value) {
+pub use store::api_keys::Role as KeyRole;
+
+/// Creates a key of `role` directly in the database.
+pub async fn key(pool: &PgPool, role: KeyRole) -> String {
+    api::auth::create_key(pool, &format!("test-{role}"), role)
+        .await
+        .expect("creating an API key")
+        .key
+}
+
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let value = format!("Bearer {key}").parse().expect("a header value");
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("building an HTTP client")
+}
+
+pub async fn decode(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.expect("reading the body");
     let body = if text.is_empty() {

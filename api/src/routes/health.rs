@@ -7,33 +7,77 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::AppState;
 
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` when every dependency answers, else `not_ready`.
+    pub status: String,
+    pub checks: Checks,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Checks {
+    pub nats: Check,
+    pub postgres: Check,
+    pub meilisearch: Check,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Check {
+    pub ok: bool,
+    /// Why the dependency is not usable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `not_configured` for an optional dependency that is not set up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
 /// The process is up and serving.
-pub async fn health() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "The process is up.", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".to_owned(),
+    })
 }
 
 /// 200 when every dependency answers, else 503; the body says which is down and why.
+#[utoipa::path(get, path = "/ready", tag = "operations", responses(
+    (status = 200, description = "Every dependency answers.", body = Readiness),
+    (status = 503, description = "A dependency is down; `checks` says which.", body = Readiness),
+))]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let timeout = state.ready_timeout;
+    let timeout = state.settings.ready_timeout;
     let (nats, postgres) = tokio::join!(
         check(timeout, check_nats(&state)),
         check(timeout, async {
             store::ping(&state.pool).await.map_err(|e| e.to_string())
         }),
     );
-    let ok = nats["ok"] == true && postgres["ok"] == true;
-    let body = json!({
-        "status": if ok { "ready" } else { "not_ready" },
-        "checks": {
-            "nats": nats,
-            "postgres": postgres,
-            "meilisearch": { "ok": true, "state": "not_configured" },
+    let ok = nats.ok && postgres.ok;
+    let body = Readiness {
+        status: if ok { "ready" } else { "not_ready" }.to_owned(),
+        checks: Checks {
+            nats,
+            postgres,
+            meilisearch: Check {
+                ok: true,
+                error: None,
+                state: Some("not_configured".to_owned()),
+            },
         },
-    });
+    };
     let status = if ok {
         StatusCode::OK
     } else {
@@ -54,10 +98,15 @@ async fn check_nats(state: &AppState) -> Result<(), String> {
         .map_err(|e| format!("JetStream unavailable: {e}"))
 }
 
-async fn check(timeout: Duration, probe: impl Future<Output = Result<(), String>>) -> Value {
-    match tokio::time::timeout(timeout, probe).await {
-        Ok(Ok(())) => json!({ "ok": true }),
-        Ok(Err(e)) => json!({ "ok": false, "error": e }),
-        Err(_) => json!({ "ok": false, "error": format!("no answer within {timeout:?}") }),
+async fn check(timeout: Duration, probe: impl Future<Output = Result<(), String>>) -> Check {
+    let error = match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(_) => Some(format!("no answer within {timeout:?}")),
+    };
+    Check {
+        ok: error.is_none(),
+        error,
+        state: None,
     }
 }

@@ -1,13 +1,40 @@
-//! Handlers, one module per resource.
+//! Handlers, one module per resource. Each module's `router` registers its documented routes.
 
+pub mod departments;
 pub mod health;
 pub mod home;
 pub mod incidents;
+pub mod keys;
 pub mod metrics;
+pub mod notifications;
 pub mod rules;
 pub mod services;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::error::ApiError;
+use crate::AppState;
+
+/// Everything under `/api`, all behind an API key.
+pub fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(incidents::router())
+        .merge(rules::router())
+        .merge(services::router())
+        .merge(metrics::router())
+        .merge(departments::router())
+        .merge(notifications::router())
+        .merge(keys::router())
+}
+
+/// Routes open without a key: liveness, readiness and Prometheus metrics.
+pub fn open() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(crate::telemetry::render))
+}
 
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".to_owned())

@@ -9,17 +9,29 @@ use std::collections::BTreeMap;
 use schemas::{Aggregation, Operator, RuleKind, Severity, Span};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use store::rules::{NewRule, RuleRecord};
+use store::rules::{NewRule, RuleFilter, RuleRecord};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::envelope;
+use crate::auth::{Admin, Caller, Viewer};
+use crate::envelope::{self, Data, List};
 use crate::error::ApiError;
 use crate::extract::{from_value, JsonBody, Params};
+use crate::openapi::PageQuery;
 use crate::routes::parse_id;
 use crate::AppState;
 
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get, update, delete))
+        .routes(routes!(top_triggered))
+}
+
 /// The editable fields of a rule, as sent by clients.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleBody {
     #[serde(default)]
@@ -29,6 +41,7 @@ pub struct RuleBody {
     pub metric_type: String,
     #[serde(default)]
     pub service_id: Option<String>,
+    /// Only series carrying all these labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default = "last")]
@@ -40,6 +53,7 @@ pub struct RuleBody {
     pub operator: Option<Operator>,
     #[serde(default)]
     pub threshold: Option<f64>,
+    /// How long the condition must hold before the rule fires.
     #[serde(default, rename = "for")]
     pub pending_for: Span,
     #[serde(default)]
@@ -53,6 +67,26 @@ pub struct RuleBody {
     pub department_id: Option<Uuid>,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
+}
+
+/// A merge patch of a rule: the given fields replace the current ones, `null` clears an
+/// optional one. `kind`, `metric_type`, `service_id` and `labels` cannot change.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct RulePatch {
+    name: Option<String>,
+    aggregation: Option<Aggregation>,
+    window: Option<Span>,
+    operator: Option<Operator>,
+    threshold: Option<f64>,
+    #[schema(rename = "for")]
+    pending_for: Option<Span>,
+    clear_threshold: Option<f64>,
+    clear_for: Option<Span>,
+    auto_resolve: Option<bool>,
+    severity: Option<Severity>,
+    department_id: Option<Uuid>,
+    enabled: Option<bool>,
 }
 
 const EDITABLE: &[&str] = &[
@@ -137,14 +171,80 @@ impl RuleBody {
     }
 }
 
-pub async fn list(State(state): State<AppState>, mut params: Params) -> Result<Response, ApiError> {
+/// Rules, oldest first unless sorted otherwise.
+///
+/// `sort_by` is one of `created_at`, `updated_at`, `name`, `metric_type`, `trigger_count`,
+/// `severity`.
+#[utoipa::path(get, path = "/rules", tag = "rules",
+    params(
+        PageQuery,
+        ("metric_type" = Option<String>, Query, description = "Only rules on this metric."),
+        ("service_id" = Option<String>, Query, description = "Only rules scoped to this service."),
+        ("severity" = Option<Severity>, Query, description = "Only rules of this severity."),
+        ("department_id" = Option<Uuid>, Query, description = "Only rules owned by this department."),
+        ("enabled" = Option<bool>, Query, description = "Only enabled (true) or disabled (false) rules."),
+    ),
+    responses((status = 200, description = "A page of rules.", body = List<RuleRecord>)))]
+pub async fn list(
+    _: Caller<Viewer>,
+    State(state): State<AppState>,
+    mut params: Params,
+) -> Result<Response, ApiError> {
+    let filter = RuleFilter {
+        metric_type: params.take("metric_type")?,
+        service_id: params.take("service_id")?,
+        severity: params.take("severity")?,
+        department_id: params.take("department_id")?,
+        enabled: params.take("enabled")?,
+    };
     let page = params.page()?;
+    let sort = params.sort(store::rules::SORT_FIELDS, store::rules::DEFAULT_SORT)?;
     params.finish()?;
-    let (items, total) = store::rules::list(&state.pool, page).await?;
+    let (items, total) = store::rules::list(&state.pool, &filter, sort, page).await?;
     Ok(envelope::list(items, total, page))
 }
 
+/// The rules that opened the most incidents, most first.
+#[utoipa::path(get, path = "/rules/stats/top-triggered", tag = "rules",
+    params(
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 1000, description = "How many rules; 10 when omitted."),
+        ("offset" = Option<i64>, Query, minimum = 0, description = "Rules to skip."),
+        ("department_id" = Option<Uuid>, Query, description = "Only rules owned by this department."),
+    ),
+    responses((status = 200, description = "Rules by trigger count.", body = List<RuleRecord>)))]
+pub async fn top_triggered(
+    _: Caller<Viewer>,
+    State(state): State<AppState>,
+    mut params: Params,
+) -> Result<Response, ApiError> {
+    let filter = RuleFilter {
+        department_id: params.take("department_id")?,
+        ..RuleFilter::default()
+    };
+    let limit = params.take::<i64>("limit")?.unwrap_or(10);
+    let mut page = params.page()?;
+    page.limit = limit;
+    if !(1..=store::Page::MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest {
+            message: format!(
+                "query parameter `limit`: must be between 1 and {}",
+                store::Page::MAX_LIMIT
+            ),
+            details: json!([{ "field": "limit", "message": "out of range" }]),
+        });
+    }
+    params.finish()?;
+    let (items, total) =
+        store::rules::list(&state.pool, &filter, store::rules::TOP_TRIGGERED, page).await?;
+    Ok(envelope::list(items, total, page))
+}
+
+/// One rule.
+#[utoipa::path(get, path = "/rules/{id}", tag = "rules",
+    params(("id" = Uuid, Path, description = "The rule's id.")),
+    responses((status = 200, description = "The rule.", body = Data<RuleRecord>)))]
 pub async fn get(
+    _: Caller<Viewer>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -152,7 +252,11 @@ pub async fn get(
     Ok(envelope::data(rule))
 }
 
+/// Creates a rule; running evaluators apply it within a second.
+#[utoipa::path(post, path = "/rules", tag = "rules", request_body = RuleBody,
+    responses((status = 201, description = "The created rule.", body = Data<RuleRecord>)))]
 pub async fn create(
+    _: Caller<Admin>,
     State(state): State<AppState>,
     JsonBody(body): JsonBody<RuleBody>,
 ) -> Result<Response, ApiError> {
@@ -162,8 +266,13 @@ pub async fn create(
     Ok(envelope::created(record))
 }
 
-/// A merge patch: the given fields replace the current ones; `null` clears an optional field.
+/// Changes a rule with a merge patch: the given fields replace the current ones; `null` clears
+/// an optional field.
+#[utoipa::path(patch, path = "/rules/{id}", tag = "rules", request_body = RulePatch,
+    params(("id" = Uuid, Path, description = "The rule's id.")),
+    responses((status = 200, description = "The changed rule.", body = Data<RuleRecord>)))]
 pub async fn update(
+    _: Caller<Admin>,
     State(state): State<AppState>,
     Path(id): Path<String>,
     JsonBody(patch): JsonBody<Map<String, Value>>,
@@ -205,7 +314,12 @@ pub async fn update(
     Ok(envelope::data(record))
 }
 
+/// Deletes a rule. Its incidents stay.
+#[utoipa::path(delete, path = "/rules/{id}", tag = "rules",
+    params(("id" = Uuid, Path, description = "The rule's id.")),
+    responses((status = 204, description = "Deleted.")))]
 pub async fn delete(
+    _: Caller<Admin>,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
