@@ -70,6 +70,8 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Publish samples from a CSV or NDJSON file to the METRICS stream.
     Publish(PublishArgs),
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Apikey(ApikeyCommand),

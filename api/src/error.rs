@@ -84,6 +84,12 @@ impl From<sqlx::Error> for ApiError {
                     details: Value::Null,
                 }
             }
+            // character_not_in_repertoire: Postgres text cannot hold NUL characters.
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("22021") => {
+                ApiError::bad_request(
+                    "text may not contain NUL (\\u0000) characters; they cannot be stored",
+                )
+            }
             e => ApiError::Internal(anyhow::Error::new(e).context("database query failed")),
         }
     }
@@ -105,7 +111,7 @@ impl IntoResponse for ApiError {
         let message = self.to_string();
         let (message, details) = match self {
             ApiError::Internal(e) => {
-                tracing::error!(error = %e, cause = ?e, "internal error");
+                tracing::error!(error = %format!("{e:#}"), "internal error");
                 ("internal server error".to_owned(), Value::Null)
             }
             ApiError::BadRequest { message, details }

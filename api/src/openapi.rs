@@ -41,6 +41,8 @@ pub struct PageQuery {
     offset: Option<i64>,
     /// The field to sort by; each list names its fields in its description.
     sort_by: Option<String>,
+    /// `asc` or `desc`; each list has its own default.
+    #[param(inline)]
     sort_dir: Option<SortDir>,
 }
 

@@ -41,6 +41,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish(args) => publish::run(args).await,
+        Command::Openapi => {
+            println!("{}", api::openapi().to_pretty_json()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Apikey(command) => apikey::run(command).await.map(|()| ExitCode::SUCCESS),
     }
 }

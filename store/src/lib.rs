@@ -8,6 +8,7 @@ pub mod api_keys;
 pub mod departments;
 pub mod events;
 pub mod incidents;
+pub mod notifications;
 pub mod page;
 pub mod rules;
 pub mod services;

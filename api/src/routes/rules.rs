@@ -34,12 +34,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleBody {
+    /// 1 to 200 characters; derived from the condition when omitted.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     #[serde(default = "threshold_kind")]
     pub kind: RuleKind,
+    #[schema(pattern = "^[A-Z0-9_]{1,64}$")]
     pub metric_type: String,
+    /// Only this service's series; all services when omitted.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub service_id: Option<String>,
     /// Only series carrying all these labels.
     #[serde(default)]

@@ -1,0 +1,111 @@
+//! The API document matches the API: a property-based fuzzer (schemathesis) generates requests
+//! from `/api/openapi.json` for every operation and checks that no response is a 5xx and none
+//! contradicts the document (status, content type, headers, body schema).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{eventually, publish, sample, App, Stack};
+use tracely::config::{HttpConfig, Role};
+
+/// The schemathesis CLI: on PATH, or where pip puts scripts.
+fn schemathesis() -> Option<PathBuf> {
+    let scripts = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+        .ok()
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(scripts)
+        .map(|dir| dir.join("schemathesis"))
+        .find(|bin| bin.is_file())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_honours_its_openapi_document_under_fuzzing() {
+    let Some(bin) = schemathesis() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "schemathesis is required under CI; run `make deps`"
+        );
+        eprintln!(
+            "\n*** SKIPPED the_api_honours_its_openapi_document_under_fuzzing: schemathesis is \
+             not installed (run `make deps`) ***\n"
+        );
+        return;
+    };
+    let stack = Stack::start().await;
+    let mut settings = stack.settings(&Role::ALL);
+    // The fuzzer sends thousands of requests; the limit itself is tested elsewhere.
+    settings.http = HttpConfig {
+        rate_limit: api::auth::RateLimit {
+            per_second: 100_000.try_into().unwrap(),
+            burst: 100_000.try_into().unwrap(),
+        },
+        ..HttpConfig::default()
+    };
+    let app = App::start_with(settings).await;
+
+    // Something to find: a department, rules and an incident.
+    let (status, _) = app
+        .post("/api/departments", &json!({"name": "Video"}))
+        .await;
+    assert_eq!(status, 201);
+    app.seed_rules().await;
+    publish(
+        &stack.js().await,
+        &[sample("S1", "LATENCY_MS", 400.0, "2026-01-01T00:00:00Z")],
+    )
+    .await;
+    eventually("an incident", Duration::from_secs(20), || async {
+        (app.incidents("").await.len() == 1).then_some(())
+    })
+    .await;
+
+    let (key, url) = (app.admin_key.clone(), app.url("/api/openapi.json"));
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(bin)
+            .args([
+                "run",
+                "--no-color",
+                "--max-examples",
+                "40",
+                "--workers",
+                "2",
+            ])
+            .args([
+                "--checks",
+                "not_a_server_error,status_code_conformance,content_type_conformance,\
+                 response_headers_conformance,response_schema_conformance",
+            ])
+            .arg("--header")
+            .arg(format!("Authorization: Bearer {key}"))
+            .arg(url)
+            .output()
+            .expect("running schemathesis")
+    })
+    .await
+    .expect("the schemathesis task panicked");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "schemathesis found responses that contradict the document:\n{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // A run that tested nothing would also succeed.
+    assert!(
+        report.contains("Tested: ") && !report.contains("Tested: 0"),
+        "schemathesis tested no operation:\n{report}"
+    );
+    app.stop().await;
+}
