@@ -306,7 +306,7 @@ async fn rules_are_filtered_sorted_and_ranked_by_trigger_count() {
     assert_eq!(top["data"][0]["trigger_count"], 2);
     assert_eq!(top["meta"]["limit"], 10);
     let (_, first) = app.get("/api/rules/stats/top-triggered?limit=1").await;
-    assert_eq!(ids(&first), [latency.clone()]);
+    assert_eq!(ids(&first), [latency.as_str()]);
     let (status, _) = app.get("/api/rules/stats/top-triggered?limit=0").await;
     assert_eq!(status, 400);
 
@@ -423,10 +423,9 @@ async fn incidents_are_filtered_searched_sorted_and_paged() {
         let (status, body) = app.get(&format!("/api/incidents?{query}")).await;
         assert_eq!(status, 200, "{query}: {body}");
         assert_eq!(services(&body), expected, "{query}");
-        assert_eq!(
-            body["meta"]["total"].as_u64().unwrap() as usize >= expected.len(),
-            true
-        );
+        if !query.contains("limit") && !query.contains("offset") {
+            assert_eq!(body["meta"]["total"], expected.len(), "{query}");
+        }
     }
     let (_, paged) = app.get("/api/incidents?limit=1&offset=1").await;
     assert_eq!(paged["meta"], json!({"total": 3, "limit": 1, "offset": 1}));
