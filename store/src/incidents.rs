@@ -218,6 +218,26 @@ pub async fn list(
     Ok((rows, total))
 }
 
+/// The query plans of [`list`]'s page and count queries, as `EXPLAIN (FORMAT JSON)` gives
+/// them: how operators and tests check that the filters use indexes.
+pub async fn list_plans(
+    pool: &PgPool,
+    filter: &IncidentFilter,
+    sort: Sort,
+    page: Page,
+) -> Result<[serde_json::Value; 2], sqlx::Error> {
+    let mut query = QueryBuilder::new(format!(
+        "EXPLAIN (FORMAT JSON) SELECT {COLUMNS} FROM incidents"
+    ));
+    push_filter(&mut query, filter);
+    sort.push_order_and_page(&mut query, "id", page);
+    let rows = query.build_query_scalar().fetch_one(pool).await?;
+    let mut count = QueryBuilder::new("EXPLAIN (FORMAT JSON) SELECT count(*) FROM incidents");
+    push_filter(&mut count, filter);
+    let total = count.build_query_scalar().fetch_one(pool).await?;
+    Ok([rows, total])
+}
+
 fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &IncidentFilter) {
     let mut sep = " WHERE ";
     let mut clause = |query: &mut QueryBuilder<'_, Postgres>, condition: &str| {

@@ -1,0 +1,155 @@
+//! How fast `GET /api/incidents` lists are with 100,000 incidents: p50 and p99 of the store's
+//! list (the page and its total) for each filter, against the same query with index scans
+//! disabled in the same run. Starts its own Postgres (durable settings) in a temp directory.
+//!
+//! Run with `cargo bench --bench incident_lists`.
+
+use std::time::{Duration, Instant};
+
+use schemas::{IncidentStatus, Severity};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use store::incidents::{IncidentFilter, DEFAULT_SORT};
+use store::Page;
+use tracely::devstack::Postgres;
+use uuid::Uuid;
+
+const INCIDENTS: i32 = 100_000;
+const ROUNDS: usize = 200;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let postgres = Postgres::start(&dir.path().join("postgres"), false).await?;
+    let url = postgres.create_database("bench").await?;
+    let pool = PgPool::connect(&url).await?;
+    store::migrate(&pool).await?;
+    eprintln!("seeding {INCIDENTS} incidents…");
+    seed(&pool).await?;
+    let options: PgConnectOptions = url.parse()?;
+    let no_index = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.options([
+            ("enable_indexscan", "off"),
+            ("enable_bitmapscan", "off"),
+            ("enable_indexonlyscan", "off"),
+        ]))
+        .await?;
+
+    let id = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT md5($1)::uuid")
+                .bind(name)
+                .fetch_one(&pool)
+                .await
+        }
+    };
+    let filters = [
+        ("none", IncidentFilter::default()),
+        (
+            "status=OPEN",
+            IncidentFilter {
+                status: Some(IncidentStatus::Open),
+                ..Default::default()
+            },
+        ),
+        (
+            "severity=CRITICAL",
+            IncidentFilter {
+                severity: Some(Severity::Critical),
+                ..Default::default()
+            },
+        ),
+        (
+            "service_id",
+            IncidentFilter {
+                service_id: Some("svc-42".into()),
+                ..Default::default()
+            },
+        ),
+        (
+            "rule_id",
+            IncidentFilter {
+                rule_id: Some(id("rule7").await?),
+                ..Default::default()
+            },
+        ),
+        (
+            "department_id",
+            IncidentFilter {
+                department_id: Some(id("department3").await?),
+                ..Default::default()
+            },
+        ),
+        (
+            "from+to (1 day)",
+            IncidentFilter {
+                from: Some("2026-02-01T00:00:00Z".parse()?),
+                to: Some("2026-02-02T00:00:00Z".parse()?),
+                ..Default::default()
+            },
+        ),
+        (
+            "search",
+            IncidentFilter {
+                search: Some("svc-421".into()),
+                ..Default::default()
+            },
+        ),
+    ];
+
+    println!("| filter | p50 ms | p99 ms | p50 without indexes ms | speed-up |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, filter) in &filters {
+        let indexed = time(&pool, filter).await?;
+        let scanned = time(&no_index, filter).await?;
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.0}× |",
+            ms(indexed.0),
+            ms(indexed.1),
+            ms(scanned.0),
+            scanned.0.as_secs_f64() / indexed.0.as_secs_f64()
+        );
+    }
+    pool.close().await;
+    no_index.close().await;
+    postgres.stop().await
+}
+
+async fn seed(pool: &PgPool) -> anyhow::Result<()> {
+    for statement in include_str!("../tests/fixtures/incidents.sql").split(";\n") {
+        let statement = statement.trim();
+        if statement
+            .lines()
+            .all(|l| l.trim().is_empty() || l.starts_with("--"))
+        {
+            continue;
+        }
+        if statement.contains("$1") {
+            sqlx::query(statement).bind(INCIDENTS).execute(pool).await?;
+        } else {
+            sqlx::raw_sql(statement).execute(pool).await?;
+        }
+    }
+    Ok(())
+}
+
+/// p50 and p99 of listing the first page with its total, after a warm-up.
+async fn time(pool: &PgPool, filter: &IncidentFilter) -> anyhow::Result<(Duration, Duration)> {
+    for _ in 0..10 {
+        store::incidents::list(pool, filter, DEFAULT_SORT, Page::default()).await?;
+    }
+    let mut took = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        store::incidents::list(pool, filter, DEFAULT_SORT, Page::default()).await?;
+        took.push(started.elapsed());
+    }
+    took.sort();
+    Ok((took[ROUNDS / 2], took[ROUNDS * 99 / 100]))
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
