@@ -145,6 +145,13 @@ impl Application {
                 record_key_use(&auth, &auth_pool, &token).await;
                 ("key usage", Ok(()))
             });
+            // Every API process relays the outbox; row locks keep them from sending a row twice.
+            let (relay_js, relay_pool, token) = (js.clone(), pool.clone(), stop.clone());
+            tasks.spawn(async move {
+                let relayed =
+                    consumers::outbox::run_until_stopped(relay_js, relay_pool, token).await;
+                ("outbox relay", relayed)
+            });
             let token = stop.clone();
             tasks.spawn(async move {
                 let app = api::app(state).into_make_service_with_connect_info::<SocketAddr>();

@@ -61,3 +61,35 @@ async fn a_too_old_server_is_named_in_the_error() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_consumer_takes_the_filter_subjects_of_the_file() {
+    let stack = Stack::start().await;
+    let js = stack.js().await;
+    let version = js.client().server_info().version;
+    // As deployed before record had filters.
+    let unfiltered = BUILT_IN.replace(
+        "filter_subjects = [\"incidents.*.opened\", \"incidents.*.updated\", \"incidents.*.resolved\"]",
+        "",
+    );
+    let unfiltered = Topology::parse(&unfiltered).unwrap();
+    assert!(unfiltered.consumer("record").filter_subjects.is_empty());
+    topology::apply(&js, &version, &unfiltered).await.unwrap();
+    let incidents = js.get_stream("INCIDENTS").await.unwrap();
+    let record = incidents.consumer_info("record").await.unwrap();
+    assert!(record.config.filter_subjects.is_empty());
+    assert_eq!(record.config.filter_subject, "");
+
+    topology::apply(&js, &version, &Topology::built_in())
+        .await
+        .unwrap();
+    let record = incidents.consumer_info("record").await.unwrap();
+    assert_eq!(
+        record.config.filter_subjects,
+        [
+            "incidents.*.opened",
+            "incidents.*.updated",
+            "incidents.*.resolved"
+        ]
+    );
+}

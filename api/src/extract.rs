@@ -55,6 +55,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = e.into_inner();
         if inner.classify() == serde_json::error::Category::Data {
             shape_error(&path, strip_position(&inner.to_string()))
+        } else if serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok() {
+            // serde_json reports some wrong types, such as a number where an enum's string
+            // belongs, as syntax errors; well-formed JSON of the wrong shape is still a 422.
+            shape_error(&path, "has the wrong type".to_owned())
         } else {
             ApiError::bad_request(format!("malformed JSON: {inner}"))
         }
@@ -203,4 +207,33 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ap
         let path = e.path().to_string();
         shape_error(&path, strip_position(&e.into_inner().to_string()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    enum Colour {
+        Red,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        colour: Colour,
+    }
+
+    #[test]
+    fn a_wrong_type_is_a_shape_error_and_broken_json_is_malformed() {
+        match parse_json::<Body>(br#"{"colour": 3}"#) {
+            Err(ApiError::Validation { details, .. }) => assert_eq!(details[0]["field"], "colour"),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+        assert!(matches!(
+            parse_json::<Body>(br#"{"colour": "#),
+            Err(ApiError::BadRequest { .. })
+        ));
+    }
 }

@@ -1,13 +1,15 @@
 //! The HTTP API. [`app`] builds the router from an [`AppState`]; [`routes`] holds one module per
 //! resource; [`auth`] checks API keys, roles and rate limits; [`error`] is the single error type
 //! and its JSON envelope; [`extract`] has the JSON body and query-string extractors whose
-//! rejections use that same envelope; [`openapi`] assembles the API document; [`telemetry`]
+//! rejections use that same envelope; [`lifecycle`] is people's workflow on incidents and how
+//! each change is recorded and announced; [`openapi`] assembles the API document; [`telemetry`]
 //! records HTTP metrics and renders `/metrics`.
 
 pub mod auth;
 pub mod envelope;
 pub mod error;
 pub mod extract;
+pub mod lifecycle;
 pub mod openapi;
 pub mod publish;
 pub mod routes;

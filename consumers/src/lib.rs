@@ -7,10 +7,12 @@
 //! - [`evaluate`]: METRICS → rules engine → INCIDENTS.
 //! - [`record`]: INCIDENTS → Postgres incidents and timeline.
 //! - [`rules`]: keeps the evaluator's rule set current by listening to Postgres.
+//! - [`outbox`]: relays changes made over the API from the Postgres outbox to INCIDENTS.
 
 pub mod error;
 pub mod evaluate;
 pub mod jetstream;
+pub mod outbox;
 pub mod record;
 pub mod rules;
 pub mod telemetry;

@@ -1,7 +1,7 @@
 //! The consumers' metrics, one function per event, so call sites never spell metric names.
 //! Labels come from small fixed sets.
 
-use metrics::{counter, histogram};
+use metrics::{counter, gauge, histogram};
 
 /// Samples that went through the engine, counted per batch.
 pub fn samples_evaluated(count: usize) {
@@ -40,4 +40,16 @@ pub fn stream_errors(consumer: &'static str, kind: &'static str) {
 
 pub fn batch_duration(consumer: &'static str, seconds: f64) {
     histogram!("tracely_consumer_batch_duration_seconds", "consumer" => consumer).record(seconds);
+}
+
+/// Outbox messages stored in JetStream, counted per round.
+pub fn outbox_published(count: usize) {
+    if count > 0 {
+        counter!("tracely_outbox_published_total").increment(count as u64);
+    }
+}
+
+/// Outbox messages not yet published, as last counted.
+pub fn outbox_pending(count: i64) {
+    gauge!("tracely_outbox_pending").set(count as f64);
 }

@@ -52,6 +52,9 @@ pub struct ConsumerSpec {
     pub max_ack_pending: i64,
     /// Most messages handled as one batch.
     pub max_batch: usize,
+    /// Only messages on these subjects are delivered; empty means every subject of the stream.
+    #[serde(default)]
+    pub filter_subjects: Vec<String>,
 }
 
 fn default_storage() -> String {
@@ -147,6 +150,15 @@ impl Topology {
                     "consumer {name}: ack_wait_secs and nak_backoff_secs must be set"
                 ));
             }
+            if let Some(bad) = c
+                .filter_subjects
+                .iter()
+                .find(|f| f.is_empty() || f.split('.').any(str::is_empty) || f.contains(' '))
+            {
+                return invalid(format!(
+                    "consumer {name}: filter subject {bad:?} is not a valid subject"
+                ));
+            }
         }
         Ok(())
     }
@@ -183,6 +195,7 @@ impl ConsumerSpec {
             ack_wait: Duration::from_secs(self.ack_wait_secs),
             max_deliver: self.max_deliver,
             max_ack_pending: self.max_ack_pending,
+            filter_subjects: self.filter_subjects.clone(),
             ..Default::default()
         }
     }
@@ -298,6 +311,7 @@ pub async fn ensure_consumer(
             if c.ack_wait != desired.ack_wait
                 || c.max_deliver != desired.max_deliver
                 || c.max_ack_pending != desired.max_ack_pending
+                || filters(&c.filter_subject, &c.filter_subjects) != desired.filter_subjects
             {
                 stream.update_consumer(desired).await.map_err(|e| err(&e))?;
                 tracing::info!(consumer = name, "updated consumer settings");
@@ -309,6 +323,15 @@ pub async fn ensure_consumer(
         }
     }
     Ok(())
+}
+
+/// A consumer's filters as one list: the server reports a single filter as `filter_subject`.
+fn filters(single: &str, many: &[String]) -> Vec<String> {
+    if many.is_empty() && !single.is_empty() {
+        vec![single.to_owned()]
+    } else {
+        many.to_vec()
+    }
 }
 
 #[cfg(test)]
@@ -337,6 +360,25 @@ mod tests {
     #[test]
     fn consumers_must_name_a_known_stream() {
         let text = BUILT_IN.replace("stream = \"INCIDENTS\"", "stream = \"NOPE\"");
+        assert!(matches!(
+            Topology::parse(&text),
+            Err(TopologyError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn record_reads_only_transitions() {
+        let t = Topology::built_in();
+        assert_eq!(
+            t.consumer("record").filter_subjects,
+            [
+                "incidents.*.opened",
+                "incidents.*.updated",
+                "incidents.*.resolved"
+            ]
+        );
+        assert!(t.consumer("evaluate").filter_subjects.is_empty());
+        let text = BUILT_IN.replace("\"incidents.*.opened\"", "\"incidents..opened\"");
         assert!(matches!(
             Topology::parse(&text),
             Err(TopologyError::Invalid(_))

@@ -80,6 +80,8 @@ macro_rules! string_enum {
     };
 }
 
+pub(crate) use string_enum;
+
 string_enum!(
     /// How urgent an incident is.
     Severity { Critical = "CRITICAL", High = "HIGH", Medium = "MEDIUM", Low = "LOW" }
@@ -89,6 +91,18 @@ string_enum!(
     /// Where a person is in working an incident.
     IncidentStatus { Open = "OPEN", InProgress = "IN_PROGRESS", Closed = "CLOSED" }
 );
+
+impl IncidentStatus {
+    /// Whether people may move an incident from `self` to `to`: OPEN → IN_PROGRESS → CLOSED,
+    /// OPEN → CLOSED directly, and CLOSED → OPEN to reopen. Staying put is not a move.
+    pub fn can_become(self, to: IncidentStatus) -> bool {
+        use IncidentStatus::*;
+        matches!(
+            (self, to),
+            (Open, InProgress) | (Open, Closed) | (InProgress, Closed) | (Closed, Open)
+        )
+    }
+}
 
 string_enum!(
     /// Whether an incident came from the live pipeline or a backfill.
@@ -247,6 +261,26 @@ mod tests {
             assert_eq!(o.as_str().parse::<Operator>().unwrap(), *o);
         }
         assert!("SEVERE".parse::<Severity>().is_err());
+    }
+
+    #[test]
+    fn the_lifecycle_allows_exactly_its_moves() {
+        use IncidentStatus::*;
+        let allowed = [
+            (Open, InProgress),
+            (Open, Closed),
+            (InProgress, Closed),
+            (Closed, Open),
+        ];
+        for from in IncidentStatus::ALL {
+            for to in IncidentStatus::ALL {
+                assert_eq!(
+                    from.can_become(*to),
+                    allowed.contains(&(*from, *to)),
+                    "{from} -> {to}"
+                );
+            }
+        }
     }
 
     #[test]

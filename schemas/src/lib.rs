@@ -1,11 +1,13 @@
 //! The vocabulary every Tracely component shares: the metric sample as it travels on
 //! `metrics.<service_id>.<metric_type>` ([`sample`]), the subjects themselves ([`subject`]),
 //! series identity ([`series`]), the incident transitions carried on the INCIDENTS stream and
-//! the enums they use ([`incident`]), and the header names both sides agree on ([`headers`]).
+//! the enums they use ([`incident`]), the changes people make to incidents, carried on the same
+//! stream ([`activity`]), and the header names both sides agree on ([`headers`]).
 //!
 //! Everything here is plain data and pure functions, so publishers, consumers and the API decode
 //! and validate exactly the same way.
 
+pub mod activity;
 pub mod duration;
 pub mod headers;
 pub mod incident;
@@ -14,6 +16,7 @@ pub mod sample;
 pub mod series;
 pub mod subject;
 
+pub use activity::{ActivityKind, IncidentActivity};
 pub use duration::Span;
 pub use incident::{
     Aggregation, IncidentSnapshot, IncidentStatus, IncidentTransition, Operator, ParseEnumError,

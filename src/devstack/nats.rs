@@ -146,6 +146,12 @@ impl NatsServer {
 
     /// Graceful stop: SIGTERM, then SIGKILL if still running after 10s.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shut_down().await
+    }
+
+    /// [`NatsServer::stop`] keeping the handle, so that [`NatsServer::restart`] can bring the
+    /// same server back.
+    pub async fn shut_down(&mut self) -> anyhow::Result<()> {
         if self.exited {
             return Ok(());
         }
@@ -157,6 +163,13 @@ impl NatsServer {
             self.kill();
         }
         self.exited = true;
+        Ok(())
+    }
+
+    /// Starts the server again on the same port and store after it stopped or was killed.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.exited, "nats-server is still running");
+        *self = Self::start_on(&self.store_dir.clone(), self.port).await?;
         Ok(())
     }
 

@@ -2,22 +2,39 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgPool, QueryBuilder};
 use uuid::Uuid;
+
+use crate::{Page, Sort, SortField};
 
 /// Who made a change that the pipeline made by itself.
 pub const PIPELINE_ACTOR: &str = "pipeline";
 
+/// One entry of an incident's timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct EventRecord {
     pub id: Uuid,
     pub incident_id: Uuid,
+    /// `CREATED` and `RESOLVED` from the pipeline; `STATUS_CHANGED`, `SEVERITY_CHANGED`,
+    /// `ASSIGNED`, `COMMENTED` and `COMMENT_DELETED` from people.
     pub kind: String,
     pub at: DateTime<Utc>,
+    /// `pipeline`, or the API key that made the change as `key:<name>`.
     pub actor: String,
+    /// What changed, by kind: `{"from", "to"}` for changes, `{"comment_id", …}` for comments.
     pub data: serde_json::Value,
     pub created_at: DateTime<Utc>,
 }
+
+const COLUMNS: &str = "id, incident_id, kind, at, actor, data, created_at";
+
+pub const SORT_FIELDS: &[SortField] = &[SortField::new("at", "at")];
+
+/// Oldest first.
+pub const DEFAULT_SORT: Sort = Sort {
+    field: SORT_FIELDS[0],
+    descending: false,
+};
 
 /// A timeline entry to add; `id` must be deterministic for pipeline events.
 #[derive(Debug, Clone)]
@@ -30,14 +47,16 @@ pub struct NewEvent<'a> {
     pub data: serde_json::Value,
 }
 
-/// Inserts the event unless one with the same id exists.
+/// Inserts the event unless one with the same id exists. `created_at` is the moment of the
+/// insert rather than of the transaction, so events written by one change (a patch of status
+/// and severity) keep the order they were written in.
 pub async fn insert<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     event: &NewEvent<'_>,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO incident_events (id, incident_id, kind, at, actor, data)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO incident_events (id, incident_id, kind, at, actor, data, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp()) ON CONFLICT (id) DO NOTHING",
     )
     .bind(event.id)
     .bind(event.incident_id)
@@ -48,6 +67,27 @@ pub async fn insert<'e>(
     .execute(executor)
     .await
     .map(|_| ())
+}
+
+/// One page of an incident's timeline, with the number of its events.
+pub async fn page_for_incident(
+    pool: &PgPool,
+    incident_id: Uuid,
+    sort: Sort,
+    page: Page,
+) -> Result<(Vec<EventRecord>, i64), sqlx::Error> {
+    let mut query = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM incident_events WHERE incident_id = "
+    ));
+    query.push_bind(incident_id);
+    // Events of one change share `at`; they follow in the order they were written.
+    sort.push_order_and_page(&mut query, "(created_at, id)", page);
+    let rows = query.build_query_as().fetch_all(pool).await?;
+    let total = sqlx::query_scalar("SELECT count(*) FROM incident_events WHERE incident_id = $1")
+        .bind(incident_id)
+        .fetch_one(pool)
+        .await?;
+    Ok((rows, total))
 }
 
 pub async fn list_for_incident(

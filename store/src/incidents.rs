@@ -14,7 +14,8 @@ use crate::{Page, Sort, SortField};
 const COLUMNS: &str = "id, rule_id, rule_name, service_id, metric_type, series_key, labels, \
     department_id, severity, status, operator, threshold, message, value, peak_value, \
     last_value, violation_count, opened_at, last_violation_at, acknowledged_at, in_progress_at, \
-    closed_at, resolved_at, source, last_sample_seq, auto_resolve, created_at, updated_at";
+    closed_at, resolved_at, source, last_sample_seq, auto_resolve, assignee, created_at, \
+    updated_at";
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct IncidentRecord {
@@ -51,6 +52,8 @@ pub struct IncidentRecord {
     pub last_sample_seq: i64,
     /// Whether clearing closes the incident, as its rule said when it opened.
     pub auto_resolve: bool,
+    /// Who is working the incident; set by people, never by the pipeline.
+    pub assignee: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -125,7 +128,8 @@ pub const DEFAULT_SORT: Sort = Sort {
 
 /// Inserts the incident or merges the snapshot into it: counts, peaks, sequences and times only
 /// move forward, and a resolution is never undone. The first resolution of an `auto_resolve`
-/// incident also closes it. Returns whether the row was created.
+/// incident also closes it, unless people closed it already. The fields people own (status
+/// otherwise, assignee, acknowledgement) are left alone. Returns whether the row was created.
 pub async fn apply_snapshot<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     s: &IncidentSnapshot,
@@ -145,6 +149,7 @@ pub async fn apply_snapshot<'e>(
                            THEN 'CLOSED' ELSE incidents.status END,
              closed_at = CASE WHEN EXCLUDED.auto_resolve AND EXCLUDED.resolved_at IS NOT NULL
                                    AND incidents.resolved_at IS NULL
+                                   AND incidents.status <> 'CLOSED'
                               THEN EXCLUDED.resolved_at ELSE incidents.closed_at END,
              peak_value = CASE WHEN incidents.operator IN ('<', '<=')
                                THEN LEAST(incidents.peak_value, EXCLUDED.peak_value)
@@ -197,6 +202,77 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<IncidentRecord>, sqlx
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM incidents WHERE id = $1"))
         .bind(id)
         .fetch_optional(pool)
+        .await
+}
+
+/// The incident, locked until the transaction ends, so that people's changes to it apply one
+/// after the other and the pipeline's merges wait for them.
+pub async fn lock(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+) -> Result<Option<IncidentRecord>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM incidents WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id)
+    .fetch_optional(tx)
+    .await
+}
+
+/// The fields people change while working an incident, as they should be after a change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Work {
+    pub status: IncidentStatus,
+    pub severity: Severity,
+    pub assignee: Option<String>,
+    pub acknowledged_at: Option<DateTime<Utc>>,
+    pub in_progress_at: Option<DateTime<Utc>>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+impl Work {
+    pub fn of(incident: &IncidentRecord) -> Work {
+        Work {
+            status: incident.status,
+            severity: incident.severity,
+            assignee: incident.assignee.clone(),
+            acknowledged_at: incident.acknowledged_at,
+            in_progress_at: incident.in_progress_at,
+            closed_at: incident.closed_at,
+        }
+    }
+}
+
+/// Writes the people-owned fields of a (locked) incident and returns the updated row.
+pub async fn set_work(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    work: &Work,
+) -> Result<IncidentRecord, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "UPDATE incidents SET status = $2, severity = $3, assignee = $4, acknowledged_at = $5,
+             in_progress_at = $6, closed_at = $7, updated_at = now()
+         WHERE id = $1 RETURNING {COLUMNS}"
+    ))
+    .bind(id)
+    .bind(work.status.as_str())
+    .bind(work.severity.as_str())
+    .bind(&work.assignee)
+    .bind(work.acknowledged_at)
+    .bind(work.in_progress_at)
+    .bind(work.closed_at)
+    .fetch_one(tx)
+    .await
+}
+
+/// Whether the incident exists.
+pub async fn exists<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    id: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM incidents WHERE id = $1)")
+        .bind(id)
+        .fetch_one(executor)
         .await
 }
 

@@ -1,14 +1,17 @@
 //! Postgres access shared by the consumers and the API: one module per table ([`rules`],
-//! [`incidents`], [`events`], [`services`], [`departments`]), plus connecting and migrating.
+//! [`incidents`], [`events`], [`comments`], [`outbox`], [`services`], [`departments`],
+//! [`notifications`], [`api_keys`]), plus connecting and migrating.
 //!
 //! Queries are plain SQL, one small function each, taking a pool or a transaction. Writes made
 //! on behalf of the pipeline are idempotent, keyed on deterministic ids.
 
 pub mod api_keys;
+pub mod comments;
 pub mod departments;
 pub mod events;
 pub mod incidents;
 pub mod notifications;
+pub mod outbox;
 pub mod page;
 pub mod rules;
 pub mod services;

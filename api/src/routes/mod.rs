@@ -44,10 +44,15 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Parses a path id, naming it in the error.
+/// Parses the path id, naming it in the error.
 pub fn parse_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
+    parse_path_uuid("id", raw)
+}
+
+/// Parses the UUID path parameter `name`, naming it in the error.
+pub fn parse_path_uuid(name: &str, raw: &str) -> Result<uuid::Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::BadRequest {
-        message: format!("path parameter `id`: {raw:?} is not a UUID"),
-        details: serde_json::json!([{ "field": "id", "message": "not a UUID" }]),
+        message: format!("path parameter `{name}`: {raw:?} is not a UUID"),
+        details: serde_json::json!([{ "field": name, "message": "not a UUID" }]),
     })
 }
