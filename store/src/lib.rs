@@ -1,5 +1,6 @@
 //! Postgres access shared by the consumers and the API: one module per table ([`rules`],
-//! [`incidents`], [`events`], [`services`], [`departments`]), plus connecting and migrating.
+//! [`incidents`], [`events`], [`services`], [`departments`], [`samples`], [`rollups`]), plus
+//! connecting and migrating.
 //!
 //! Queries are plain SQL, one small function each, taking a pool or a transaction. Writes made
 //! on behalf of the pipeline are idempotent, keyed on deterministic ids.
@@ -9,7 +10,9 @@ pub mod departments;
 pub mod events;
 pub mod incidents;
 pub mod page;
+pub mod rollups;
 pub mod rules;
+pub mod samples;
 pub mod services;
 
 use std::time::Duration;
