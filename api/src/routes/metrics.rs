@@ -158,7 +158,7 @@ pub const MAX_CHART_BUCKETS: i64 = 10_000;
         ("metric_type" = Option<String>, Query, description = "Only this metric."),
         ("from" = Option<DateTime<Utc>>, Query, description = "At or after this event time (RFC 3339)."),
         ("to" = Option<DateTime<Utc>>, Query, description = "Before this event time (RFC 3339); must be later than `from`."),
-        ("resolution" = Option<Resolution>, Query, description = "`raw` samples (default) or `1m` rollups."),
+        ("resolution" = inline(Option<Resolution>), Query, description = "`raw` samples (default) or `1m` rollups."),
     ),
     responses((status = 200, description = "A page of samples or of minute rollups, as `resolution` says.", body = List<MetricRow>)))]
 pub async fn list(
@@ -266,7 +266,7 @@ impl std::str::FromStr for Bucket {
         ("metric_type" = String, Query, description = "The metric."),
         ("from" = DateTime<Utc>, Query, description = "Start of the range, inclusive (RFC 3339)."),
         ("to" = DateTime<Utc>, Query, description = "End of the range, exclusive (RFC 3339); later than `from`."),
-        ("bucket" = Option<Bucket>, Query, description = "Bucket width: `1m` (default), `5m` or `1h`."),
+        ("bucket" = inline(Option<Bucket>), Query, description = "Bucket width: `1m` (default), `5m` or `1h`."),
     ),
     responses((status = 200, description = "The non-empty buckets, oldest first.", body = Data<Vec<ChartBucket>>)))]
 pub async fn chart(
@@ -358,6 +358,56 @@ mod tests {
             bucket_count(from, end + chrono::Duration::seconds(1), 60),
             10_001
         );
+    }
+
+    /// The document describes both row shapes and the parameter values, with every reference
+    /// resolvable.
+    #[test]
+    fn the_document_describes_both_shapes_truthfully() {
+        use utoipa::OpenApi as _;
+        let (_, mut doc) = utoipa_axum::router::OpenApiRouter::<AppState>::with_openapi(
+            crate::openapi::ApiDoc::openapi(),
+        )
+        .nest("/api", crate::routes::api())
+        .merge(crate::routes::open())
+        .split_for_parts();
+        crate::openapi::finish(&mut doc);
+        let doc = serde_json::to_value(doc).unwrap();
+        let text = doc.to_string();
+        let schemas = &doc["components"]["schemas"];
+        for reference in text.split("\"$ref\":\"#/components/schemas/").skip(1) {
+            let name = &reference[..reference.find('"').unwrap()];
+            assert!(schemas.get(name).is_some(), "dangling reference to {name}");
+        }
+        let row = &schemas["MetricRow"]["oneOf"];
+        assert_eq!(
+            row.as_array().map(Vec::len),
+            Some(2),
+            "{}",
+            schemas["MetricRow"]
+        );
+        let param = |path: &str, name: &str| {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .unwrap()["schema"]
+                .to_string()
+        };
+        let resolution = param("/api/metrics", "resolution");
+        assert!(resolution.contains(r#"["raw","1m"]"#), "{resolution}");
+        let bucket = param("/api/metrics/chart", "bucket");
+        assert!(bucket.contains(r#"["1m","5m","1h"]"#), "{bucket}");
+        let chart = &doc["paths"]["/api/metrics/chart"]["get"]["parameters"];
+        let required: Vec<&str> = chart
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["required"] == true)
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(required, ["service_id", "metric_type", "from", "to"]);
     }
 
     #[test]
