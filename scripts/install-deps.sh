@@ -119,16 +119,17 @@ if [ -z "$(pg_bindir)" ]; then
 fi
 say "postgres: $(pg_bindir)"
 
-# --- Python packages for the publisher test ---------------------------------
+# --- Python packages for the publisher and Prometheus tests ------------------
 # Checked from / with a module only nats-py has: in the repository, `import nats` alone would
 # find the nats/ directory as an empty namespace package.
 py_has() { (cd / && python3 -c "import $1") 2>/dev/null; }
 missing=()
 py_has nats.aio.client || missing+=(nats-py)
 py_has msgpack || missing+=(msgpack)
+py_has prometheus_client.parser || missing+=(prometheus-client)
 if [ "${#missing[@]}" -gt 0 ]; then
     pip_install "${missing[@]}"
 fi
-say "python packages: nats-py, msgpack present"
+say "python packages: nats-py, msgpack, prometheus-client present"
 
 say "ok"
