@@ -121,7 +121,7 @@ say "postgres: $(pg_bindir)"
 
 # --- Python packages for the tests ------------------------------------------
 # nats-py and msgpack run the example publisher; schemathesis fuzzes the API against its
-# OpenAPI document.
+# OpenAPI document; prometheus-client parses the /metrics output.
 # Checked from / with a module only nats-py has: in the repository, `import nats` alone would
 # find the nats/ directory as an empty namespace package.
 py_has() { (cd / && python3 -c "import $1") 2>/dev/null; }
@@ -129,9 +129,10 @@ missing=()
 py_has nats.aio.client || missing+=(nats-py)
 py_has msgpack || missing+=(msgpack)
 py_has schemathesis || missing+=("schemathesis>=4,<5")
+py_has prometheus_client.parser || missing+=(prometheus-client)
 if [ "${#missing[@]}" -gt 0 ]; then
     pip_install "${missing[@]}"
 fi
-say "python packages: nats-py, msgpack, schemathesis present"
+say "python packages: nats-py, msgpack, schemathesis, prometheus-client present"
 
 say "ok"

@@ -20,6 +20,7 @@ pub const ENV_VARS: &[&str] = &[
     "TRACELY_DB_MAX_CONNECTIONS",
     "TRACELY_SHUTDOWN_TIMEOUT_SECS",
     "TRACELY_ALLOWED_LATENESS_SECS",
+    "TRACELY_SAMPLE_RETENTION_SECS",
     "TRACELY_RATE_LIMIT_PER_SEC",
     "TRACELY_RATE_LIMIT_BURST",
     "TRACELY_CORS_ORIGINS",
@@ -129,7 +130,7 @@ pub struct RunArgs {
         long,
         env = "TRACELY_ROLES",
         value_delimiter = ',',
-        default_value = "evaluate,record,api"
+        default_value = "evaluate,record,archive,api"
     )]
     pub roles: Vec<Role>,
 
@@ -161,6 +162,13 @@ pub struct ServeArgs {
     /// windowed rules. Windows wait this long (in event time) before evaluating.
     #[arg(long, env = "TRACELY_ALLOWED_LATENESS_SECS", default_value_t = 30)]
     pub allowed_lateness_secs: u64,
+
+    /// How long archived raw samples are kept, by event time, before they are pruned (every
+    /// minute). Per-minute rollups, which charts read, are kept. The default, 7 days, matches
+    /// the METRICS stream's replay horizon.
+    #[arg(long, env = "TRACELY_SAMPLE_RETENTION_SECS", default_value_t = 7 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(60..=100 * 365 * 24 * 3600))]
+    pub sample_retention_secs: u64,
 
     /// Sustained API requests per second allowed per key (or per client address without a
     /// valid key). Beyond it requests get 429 with Retry-After.
@@ -278,12 +286,14 @@ pub enum Role {
     Evaluate,
     /// The record consumer (INCIDENTS → Postgres).
     Record,
+    /// The archive consumer (METRICS → Postgres raw samples and rollups), and pruning.
+    Archive,
     /// The HTTP API.
     Api,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Evaluate, Role::Record, Role::Api];
+    pub const ALL: [Role; 4] = [Role::Evaluate, Role::Record, Role::Archive, Role::Api];
 }
 
 impl ServeArgs {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use async_nats::jetstream;
+use consumers::archive::Archiver;
 use consumers::evaluate::Evaluator;
 use consumers::record::Recorder;
 use consumers::Topology;
@@ -32,6 +33,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// How late a sample may arrive and still count in windowed rules.
     pub allowed_lateness: Duration,
+    /// How long archived raw samples are kept before they are pruned.
+    pub sample_retention: Duration,
     /// Rate limits, CORS and body size of the HTTP API.
     pub http: HttpConfig,
 }
@@ -125,6 +128,24 @@ impl Application {
             let recorder = Recorder::new(js.clone(), pool.clone(), &settings.topology);
             let token = stop.clone();
             tasks.spawn(async move { ("record", recorder.run_until_stopped(token).await) });
+        }
+        if settings.roles.contains(&Role::Archive) {
+            let archiver = Archiver::new(
+                js.clone(),
+                pool.clone(),
+                &settings.topology,
+                settings.sample_retention,
+            );
+            let token = stop.clone();
+            tasks.spawn(async move { ("archive", archiver.run_until_stopped(token).await) });
+        }
+        {
+            let (js, pool, topology) = (js.clone(), pool.clone(), settings.topology.clone());
+            let token = stop.clone();
+            tasks.spawn(async move {
+                consumers::lag::run_until_stopped(js, pool, topology, token).await;
+                ("lag gauges", Ok(()))
+            });
         }
         if let Some(listener) = listener {
             let http = &settings.http;
@@ -285,7 +306,7 @@ pub async fn migrate_only(database_url: &str) -> anyhow::Result<()> {
 /// Checks that roles were chosen at all.
 pub fn validate_roles(roles: &[Role]) -> anyhow::Result<()> {
     if roles.is_empty() {
-        bail!("no roles chosen; use --roles with some of evaluate, record, api");
+        bail!("no roles chosen; use --roles with some of evaluate, record, archive, api");
     }
     Ok(())
 }

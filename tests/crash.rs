@@ -84,7 +84,7 @@ fn rules() -> Vec<NewRule> {
 fn spawn_tracely(stack: &Stack, attempt: usize) -> Child {
     let log = std::fs::File::create(stack.path().join(format!("tracely-{attempt}.log"))).unwrap();
     Command::new(env!("CARGO_BIN_EXE_tracely"))
-        .args(["run", "--roles", "evaluate,record"])
+        .args(["run", "--roles", "evaluate,record,archive"])
         .env("TRACELY_NATS_URL", stack.nats.url())
         .env("DATABASE_URL", &stack.database_url)
         .env("RUST_LOG", "info")

@@ -164,7 +164,7 @@ async fn a_second_evaluator_stands_by_and_takes_over() {
 
     // The first process goes away; the standby must continue exactly where it stopped.
     first.stop().await;
-    let api = App::start_with(stack.settings(&[Role::Record, Role::Api])).await;
+    let api = App::start_with(stack.settings(&[Role::Record, Role::Archive, Role::Api])).await;
     publish(&js, &flapping(30, 30)).await;
     drained(&js, Duration::from_secs(20)).await;
     let after = incident_summary(&api).await;

@@ -227,39 +227,50 @@ async fn poison_messages_are_dead_lettered_and_later_samples_still_count() {
     assert_eq!(incidents.len(), 1);
     assert_eq!(incidents[0]["value"], 180.0);
 
+    // Both consumers of METRICS decode with the same rules, so each dead-letters all four.
     let dlq = js.get_stream("DEADLETTER").await.unwrap();
-    let consumer = dlq
-        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+    for reader in ["evaluate", "archive"] {
+        let consumer = dlq
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: schemas::subject::deadletter_subject("METRICS", reader),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut messages = consumer.messages().await.unwrap().take(4);
+        let mut seen = Vec::new();
+        while let Some(msg) = messages.next().await {
+            let msg = msg.unwrap();
+            let h = msg.headers.clone().unwrap();
+            let get = |name: &str| {
+                h.get(name)
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default()
+            };
+            assert_eq!(get("Tracely-Consumer"), reader);
+            assert!(!get("Tracely-Reason").is_empty());
+            assert!(get("Tracely-Original-Sequence").parse::<u64>().is_ok());
+            seen.push((
+                get("Tracely-Original-Subject"),
+                get("Tracely-Reason-Kind"),
+                get("Tracely-Reason"),
+            ));
+        }
+        assert_eq!(seen.len(), 4, "{reader}: {seen:?}");
+        assert_eq!(seen[0].1, "decode");
+        assert_eq!(seen[1].1, "invalid");
+        assert!(seen[1].2.contains("value"), "{:?}", seen[1]);
+        assert_eq!(
+            (seen[2].0.as_str(), seen[2].1.as_str()),
+            ("metrics.S1", "subject")
+        );
+        assert_eq!(seen[3].1, "subject_mismatch");
+    }
+    let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM metric_samples")
+        .fetch_one(&app.pool)
         .await
         .unwrap();
-    let mut messages = consumer.messages().await.unwrap().take(4);
-    let mut seen = Vec::new();
-    while let Some(msg) = messages.next().await {
-        let msg = msg.unwrap();
-        let h = msg.headers.clone().unwrap();
-        let get = |name: &str| {
-            h.get(name)
-                .map(|v| v.as_str().to_owned())
-                .unwrap_or_default()
-        };
-        assert_eq!(get("Tracely-Consumer"), "evaluate");
-        assert!(!get("Tracely-Reason").is_empty());
-        assert!(get("Tracely-Original-Sequence").parse::<u64>().is_ok());
-        seen.push((
-            get("Tracely-Original-Subject"),
-            get("Tracely-Reason-Kind"),
-            get("Tracely-Reason"),
-        ));
-    }
-    assert_eq!(seen.len(), 4, "{seen:?}");
-    assert_eq!(seen[0].1, "decode");
-    assert_eq!(seen[1].1, "invalid");
-    assert!(seen[1].2.contains("value"), "{:?}", seen[1]);
-    assert_eq!(
-        (seen[2].0.as_str(), seen[2].1.as_str()),
-        ("metrics.S1", "subject")
-    );
-    assert_eq!(seen[3].1, "subject_mismatch");
+    assert_eq!(archived, 1, "only the valid sample is archived");
     app.stop().await;
 }
 

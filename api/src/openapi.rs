@@ -19,7 +19,7 @@ use crate::error::ErrorBody;
                        on every `/api` request; `/health`, `/ready`, `/metrics` and this document \
                        are open."
     ),
-    components(schemas(ErrorBody))
+    components(schemas(ErrorBody, SortDir))
 )]
 pub struct ApiDoc;
 

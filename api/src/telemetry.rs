@@ -7,16 +7,37 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::{counter, histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::AppState;
 
-/// The process-wide Prometheus recorder, installed on first use.
+/// Buckets, in seconds, of the histograms of request and batch durations: from a millisecond
+/// to half a minute (a batch must finish well inside its ack wait).
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Buckets, in seconds, of end-to-end detection latency: from a tenth of a second to an hour,
+/// since a backlog or a pending period can hold a detection for minutes.
+pub const DETECTION_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0,
+];
+
+/// The process-wide Prometheus recorder, installed on first use. Histograms are rendered as
+/// Prometheus histograms with the buckets above, so they can be aggregated across processes.
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
             PrometheusBuilder::new()
+                .set_buckets(DURATION_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("tracely_detection_latency_seconds".to_owned()),
+                        DETECTION_BUCKETS,
+                    )
+                })
+                .expect("the histogram buckets are not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed")
         })

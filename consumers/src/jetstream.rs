@@ -1,8 +1,10 @@
 //! Plumbing every durable consumer shares: the [`Outcome`] of handling a message and how it maps
-//! to an ack, dead-lettering, batching the pull stream, and retrying with backoff.
+//! to an ack, dead-lettering, batching the pull stream, and retrying with backoff. The pull loop
+//! and the ack helpers here also count what every consumer processed, failed and got
+//! redelivered, and time its batches.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, AckKind};
@@ -11,7 +13,7 @@ use futures::{FutureExt, StreamExt};
 use schemas::headers;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry;
+use crate::telemetry::{self, Failure};
 use crate::topology::{self, ConsumerSpec};
 
 /// A message that can never be handled: why, in words and as a small fixed kind.
@@ -106,6 +108,7 @@ impl DeadLetters {
     pub async fn reject(&self, msg: &jetstream::Message, rejection: &Rejection) {
         match self.publish(msg, rejection).await {
             Ok(()) => {
+                telemetry::message_failed(self.consumer, Failure::DeadLettered);
                 if let Err(e) = msg.ack_with(AckKind::Term).await {
                     tracing::warn!(error = %e, "could not terminate a dead-lettered message");
                 }
@@ -218,7 +221,14 @@ pub async fn run_pull_loop(
                 }
             }
             if !received.is_empty() {
+                let redelivered = received
+                    .iter()
+                    .filter(|m| m.info().is_ok_and(|i| i.delivered > 1))
+                    .count();
+                telemetry::messages_redelivered(name, redelivered);
+                let started = Instant::now();
                 handler.handle(received, shutdown).await;
+                telemetry::batch_duration(name, started.elapsed().as_secs_f64());
             }
             if !healthy {
                 break;
@@ -343,10 +353,57 @@ pub async fn extend_ack_wait(messages: &[jetstream::Message]) {
 
 /// Acks each message; a lost ack only means a harmless redelivery.
 pub async fn ack_all(consumer: &'static str, messages: &[jetstream::Message]) {
+    let mut acked = 0;
     for msg in messages {
-        if let Err(e) = msg.ack().await {
-            telemetry::retried(consumer, "ack");
-            tracing::debug!(consumer, error = %e, "ack failed; the message will be redelivered");
+        match msg.ack().await {
+            Ok(()) => acked += 1,
+            Err(e) => {
+                telemetry::retried(consumer, "ack");
+                tracing::debug!(consumer, error = %e, "ack failed; the message will be redelivered");
+            }
         }
+    }
+    telemetry::messages_processed(consumer, acked);
+}
+
+/// Maps one message's [`Outcome`] to its ack: Done acks; Retry NAKs with a delay that grows
+/// with the delivery count, or dead-letters once `max_deliver` deliveries are used up; Poison
+/// dead-letters.
+pub async fn settle(
+    msg: &jetstream::Message,
+    outcome: Outcome,
+    spec: &ConsumerSpec,
+    dead_letters: &DeadLetters,
+) {
+    let consumer = dead_letters.consumer;
+    let result = match outcome {
+        Outcome::Done => {
+            let acked = msg.ack().await;
+            if acked.is_ok() {
+                telemetry::messages_processed(consumer, 1);
+            }
+            acked
+        }
+        Outcome::Retry => {
+            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+            if spec.max_deliver > 0 && delivered >= spec.max_deliver {
+                let rejection = Rejection {
+                    kind: "max_deliver",
+                    reason: format!("still failing after {delivered} deliveries"),
+                };
+                dead_letters.reject(msg, &rejection).await;
+                return;
+            }
+            telemetry::message_failed(consumer, Failure::Retried);
+            msg.ack_with(AckKind::Nak(Some(spec.nak_delay(delivered))))
+                .await
+        }
+        Outcome::Poison(rejection) => {
+            dead_letters.reject(msg, &rejection).await;
+            return;
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(consumer, error = %e, "ack failed; the message will be redelivered");
     }
 }

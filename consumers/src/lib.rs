@@ -5,13 +5,17 @@
 //! - [`jetstream`]: what every consumer shares: the [`jetstream::Outcome`] of handling a
 //!   message, mapping it to an ack, dead-lettering and batching.
 //! - [`evaluate`]: METRICS → rules engine → INCIDENTS.
+//! - [`archive`]: METRICS → Postgres raw samples and per-minute rollups.
 //! - [`record`]: INCIDENTS → Postgres incidents and timeline.
+//! - [`lag`]: consumer backlog and database pool gauges.
 //! - [`rules`]: keeps the evaluator's rule set current by listening to Postgres.
 //! - [`outbox`]: relays changes made over the API from the Postgres outbox to INCIDENTS.
 
+pub mod archive;
 pub mod error;
 pub mod evaluate;
 pub mod jetstream;
+pub mod lag;
 pub mod outbox;
 pub mod record;
 pub mod rules;

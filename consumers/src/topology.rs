@@ -113,7 +113,7 @@ impl Topology {
                 return invalid(format!("stream {required} is missing"));
             }
         }
-        for required in ["evaluate", "record"] {
+        for required in ["evaluate", "archive", "record"] {
             if !self.consumers.contains_key(required) {
                 return invalid(format!("consumer {required} is missing"));
             }

@@ -41,6 +41,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         db_max_connections: args.serve.db_max_connections,
         shutdown_timeout: Duration::from_secs(args.serve.shutdown_timeout_secs),
         allowed_lateness: Duration::from_secs(args.serve.allowed_lateness_secs),
+        sample_retention: Duration::from_secs(args.serve.sample_retention_secs),
         http: args.serve.http(),
     };
     let result = async {

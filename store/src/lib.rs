@@ -1,6 +1,6 @@
 //! Postgres access shared by the consumers and the API: one module per table ([`rules`],
 //! [`incidents`], [`events`], [`comments`], [`outbox`], [`services`], [`departments`],
-//! [`notifications`], [`api_keys`]), plus connecting and migrating.
+//! [`notifications`], [`api_keys`], [`samples`], [`rollups`]), plus connecting and migrating.
 //!
 //! Queries are plain SQL, one small function each, taking a pool or a transaction. Writes made
 //! on behalf of the pipeline are idempotent, keyed on deterministic ids.
@@ -13,7 +13,9 @@ pub mod incidents;
 pub mod notifications;
 pub mod outbox;
 pub mod page;
+pub mod rollups;
 pub mod rules;
+pub mod samples;
 pub mod services;
 
 use std::time::Duration;

@@ -62,6 +62,7 @@ impl Stack {
             db_max_connections: 5,
             shutdown_timeout: Duration::from_secs(10),
             allowed_lateness: Duration::from_secs(30),
+            sample_retention: Duration::from_secs(7 * 24 * 3600),
             http: HttpConfig::default(),
         }
     }
@@ -278,10 +279,14 @@ where
     }
 }
 
-/// Waits until both consumers have handled everything in their streams.
+/// Waits until the consumers have handled everything in their streams.
 pub async fn drained(js: &jetstream::Context, timeout: Duration) {
     eventually("the consumers to drain", timeout, || async {
-        for (stream, consumer) in [("METRICS", "evaluate"), ("INCIDENTS", "record")] {
+        for (stream, consumer) in [
+            ("METRICS", "evaluate"),
+            ("METRICS", "archive"),
+            ("INCIDENTS", "record"),
+        ] {
             let stream = js.get_stream(stream).await.ok()?;
             let info = stream.consumer_info(consumer).await.ok()?;
             if info.num_pending > 0 || info.num_ack_pending > 0 {

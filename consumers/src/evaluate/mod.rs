@@ -131,7 +131,6 @@ impl Evaluator {
 
     async fn handle_batch(&mut self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
         self.refresh_rules();
-        let started = Instant::now();
         let mut held = Vec::with_capacity(batch.len());
         let mut transitions = Vec::new();
         let mut new_services = Vec::new();
@@ -186,7 +185,6 @@ impl Evaluator {
         ack_all(CONSUMER, &held).await;
         telemetry::late_samples(self.engine.take_late());
         telemetry::samples_evaluated(evaluated);
-        telemetry::batch_duration(CONSUMER, started.elapsed().as_secs_f64());
     }
 
     /// Publishes transitions, retrying until done; `false` if shut down first.

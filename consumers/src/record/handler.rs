@@ -1,6 +1,7 @@
 //! Applying incident transitions to Postgres.
 
-use schemas::{IncidentTransition, TransitionKind};
+use chrono::{DateTime, Utc};
+use schemas::{IncidentTransition, Source, TransitionKind};
 use serde_json::json;
 use sqlx::{PgPool, Postgres, Transaction};
 use store::events::{NewEvent, PIPELINE_ACTOR};
@@ -13,11 +14,12 @@ use crate::jetstream::{Outcome, Rejection};
 pub const CREATED: &str = "CREATED";
 pub const RESOLVED: &str = "RESOLVED";
 
-/// Applies every transition in one transaction.
+/// Applies every transition in one transaction. Returns, for each live incident whose row it
+/// created, the event time at which the incident opened.
 pub async fn apply_batch(
     pool: &PgPool,
     transitions: &[IncidentTransition],
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<DateTime<Utc>>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let mut services: Vec<String> = transitions
         .iter()
@@ -26,28 +28,41 @@ pub async fn apply_batch(
     services.sort_unstable();
     services.dedup();
     store::services::register_many(&mut *tx, &services).await?;
+    let mut opened = Vec::new();
     for t in transitions {
-        apply(&mut tx, t).await?;
+        if apply(&mut tx, t).await? && t.incident.source == Source::Live {
+            opened.push(if t.kind == TransitionKind::Opened {
+                t.at
+            } else {
+                t.incident.opened_at
+            });
+        }
     }
-    tx.commit().await
+    tx.commit().await?;
+    Ok(opened)
 }
 
-/// Applies a single transition in its own transaction and classifies the result.
-pub async fn apply_one(pool: &PgPool, t: &IncidentTransition) -> Outcome {
+/// Applies a single transition in its own transaction and classifies the result; also returns
+/// what [`apply_batch`] does.
+pub async fn apply_one(pool: &PgPool, t: &IncidentTransition) -> (Outcome, Vec<DateTime<Utc>>) {
     match apply_batch(pool, std::slice::from_ref(t)).await {
-        Ok(()) => Outcome::Done,
-        Err(e) if is_transient_db_error(&e) => Outcome::Retry,
-        Err(e) => Outcome::Poison(Rejection {
-            kind: "database",
-            reason: e.to_string(),
-        }),
+        Ok(opened) => (Outcome::Done, opened),
+        Err(e) if is_transient_db_error(&e) => (Outcome::Retry, Vec::new()),
+        Err(e) => (
+            Outcome::Poison(Rejection {
+                kind: "database",
+                reason: e.to_string(),
+            }),
+            Vec::new(),
+        ),
     }
 }
 
+/// Returns whether the incident's row was created.
 async fn apply(
     tx: &mut Transaction<'_, Postgres>,
     t: &IncidentTransition,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let incident = &t.incident;
     let created = store::incidents::apply_snapshot(&mut **tx, incident).await?;
     if created {
@@ -84,7 +99,7 @@ async fn apply(
         };
         store::events::insert(&mut **tx, &event).await?;
     }
-    Ok(())
+    Ok(created)
 }
 
 /// Deterministic id of a pipeline timeline event: one of each kind per incident.

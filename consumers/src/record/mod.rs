@@ -7,17 +7,15 @@
 
 pub mod handler;
 
-use std::time::Instant;
-
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use schemas::IncidentTransition;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::is_transient_db_error;
 use crate::jetstream::{
-    ack_all, extend_ack_wait, retry_until_stopped, run_pull_loop, BatchHandler, DeadLetters,
-    Outcome, Rejection,
+    ack_all, extend_ack_wait, retry_until_stopped, run_pull_loop, settle, BatchHandler,
+    DeadLetters, Rejection,
 };
 use crate::telemetry;
 use crate::topology::{ConsumerSpec, Topology, INCIDENTS};
@@ -47,7 +45,6 @@ impl Recorder {
     }
 
     async fn handle_batch(&self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
-        let started = Instant::now();
         let mut held = Vec::with_capacity(batch.len());
         let mut transitions = Vec::with_capacity(batch.len());
         for msg in batch {
@@ -84,43 +81,30 @@ impl Recorder {
         .await;
         match applied {
             None => return,
-            Some(Ok(())) => ack_all(CONSUMER, &held).await,
+            Some(Ok(opened)) => {
+                observe_detection(&opened);
+                ack_all(CONSUMER, &held).await;
+            }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "batch failed permanently; applying one by one");
                 for (msg, t) in held.iter().zip(&transitions) {
-                    let outcome = handler::apply_one(pool, t).await;
-                    self.settle(msg, outcome).await;
+                    let (outcome, opened) = handler::apply_one(pool, t).await;
+                    observe_detection(&opened);
+                    settle(msg, outcome, &self.spec, &self.dead_letters).await;
                 }
             }
         }
         telemetry::transitions_recorded(transitions.len());
-        telemetry::batch_duration(CONSUMER, started.elapsed().as_secs_f64());
     }
+}
 
-    async fn settle(&self, msg: &jetstream::Message, outcome: Outcome) {
-        let result = match outcome {
-            Outcome::Done => msg.ack().await,
-            Outcome::Retry => {
-                let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-                if delivered >= self.spec.max_deliver {
-                    let rejection = Rejection {
-                        kind: "max_deliver",
-                        reason: format!("still failing after {delivered} deliveries"),
-                    };
-                    self.dead_letters.reject(msg, &rejection).await;
-                    return;
-                }
-                msg.ack_with(AckKind::Nak(Some(self.spec.nak_delay(delivered))))
-                    .await
-            }
-            Outcome::Poison(rejection) => {
-                self.dead_letters.reject(msg, &rejection).await;
-                return;
-            }
-        };
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "ack failed; the message will be redelivered");
-        }
+/// Reports, for each live incident whose row was just committed, how long after its opening
+/// sample's event time that happened.
+fn observe_detection(opened: &[chrono::DateTime<chrono::Utc>]) {
+    let now = chrono::Utc::now();
+    for at in opened {
+        let seconds = (now - *at).num_milliseconds() as f64 / 1000.0;
+        telemetry::detection_latency(seconds);
     }
 }
 
