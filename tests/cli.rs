@@ -44,13 +44,109 @@ async fn migrate_creates_the_schema() {
     assert_eq!(
         tables,
         [
+            "api_keys",
             "departments",
+            "incident_comments",
             "incident_events",
             "incidents",
+            "metric_rollups",
+            "metric_samples",
+            "notifications",
+            "outbox",
             "rules",
             "services"
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_made_listed_and_revoked_from_the_command_line() {
+    let stack = Stack::start().await;
+    let create = tracely()
+        .args([
+            "apikey", "create", "--role", "operator", "--name", "on-call",
+        ])
+        .env("DATABASE_URL", &stack.database_url)
+        .output()
+        .await
+        .unwrap();
+    assert!(create.status.success(), "{}", text(&create));
+    let key = String::from_utf8_lossy(&create.stdout).trim().to_owned();
+    assert!(
+        key.starts_with("trk_") && key.len() == 68,
+        "stdout is only the key: {key:?}"
+    );
+
+    let list = tracely()
+        .args(["apikey", "list"])
+        .env("DATABASE_URL", &stack.database_url)
+        .output()
+        .await
+        .unwrap();
+    let listed = text(&list);
+    assert!(
+        listed.contains("operator") && listed.contains("on-call") && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains(&key[12..]),
+        "the secret is never listed: {listed}"
+    );
+
+    let pool = stack.pool().await;
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM api_keys WHERE name = 'on-call'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let revoke = tracely()
+        .args(["apikey", "revoke", &id.to_string()])
+        .env("DATABASE_URL", &stack.database_url)
+        .output()
+        .await
+        .unwrap();
+    assert!(revoke.status.success(), "{}", text(&revoke));
+    let revoked: bool =
+        sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM api_keys WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(revoked);
+
+    // Mistakes are named.
+    let bad_role = tracely()
+        .args(["apikey", "create", "--role", "root"])
+        .env("DATABASE_URL", &stack.database_url)
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad_role.status.success());
+    assert!(
+        text(&bad_role).contains("viewer, operator or admin"),
+        "{}",
+        text(&bad_role)
+    );
+    let unknown = tracely()
+        .args(["apikey", "revoke", &uuid::Uuid::new_v4().to_string()])
+        .env("DATABASE_URL", &stack.database_url)
+        .output()
+        .await
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("no key with id"),
+        "{}",
+        text(&unknown)
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_is_printed_for_clients() {
+    let output = tracely().arg("openapi").output().await.unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let doc: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["paths"]["/api/incidents/{id}"]["patch"].is_object());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
