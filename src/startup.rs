@@ -45,7 +45,7 @@ pub struct Application {
     nats: async_nats::Client,
     js: jetstream::Context,
     pool: PgPool,
-    listener: Option<TcpListener>,
+    listener: TcpListener,
 }
 
 impl Application {
@@ -69,14 +69,10 @@ impl Application {
         consumers::topology::apply(&js, &server.version, &settings.topology)
             .await
             .context("applying the JetStream topology")?;
-        let listener = if settings.roles.contains(&Role::Api) {
-            let listener = TcpListener::bind(settings.http_addr)
-                .await
-                .with_context(|| format!("binding the HTTP listener to {}", settings.http_addr))?;
-            Some(listener)
-        } else {
-            None
-        };
+        // Every process listens: without the API role it serves health, readiness and metrics.
+        let listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("binding the HTTP listener to {}", settings.http_addr))?;
         Ok(Application {
             settings,
             nats,
@@ -88,7 +84,7 @@ impl Application {
 
     /// The bound HTTP address (with the real port when configured with port 0).
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.listener.local_addr().ok()
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -105,6 +101,8 @@ impl Application {
             pool,
             listener,
         } = self;
+        // Installed before any component runs, so no early measurement is lost.
+        let metrics = api::telemetry::prometheus();
         let stop = shutdown.child_token();
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         if settings.roles.contains(&Role::Evaluate) {
@@ -147,20 +145,20 @@ impl Application {
                 ("lag gauges", Ok(()))
             });
         }
-        if let Some(listener) = listener {
-            let http = &settings.http;
-            let state = api::AppState {
-                pool: pool.clone(),
-                nats: nats.clone(),
-                js: js.clone(),
-                metrics: api::telemetry::prometheus(),
-                auth: Arc::new(api::auth::Auth::new(http.rate_limit)),
-                settings: Arc::new(api::HttpSettings {
-                    ready_timeout: Duration::from_secs(2),
-                    max_body_bytes: http.max_body_bytes,
-                    cors_origins: http.cors_origins.clone(),
-                }),
-            };
+        let http = &settings.http;
+        let state = api::AppState {
+            pool: pool.clone(),
+            nats: nats.clone(),
+            js: js.clone(),
+            metrics,
+            auth: Arc::new(api::auth::Auth::new(http.rate_limit)),
+            settings: Arc::new(api::HttpSettings {
+                ready_timeout: Duration::from_secs(2),
+                max_body_bytes: http.max_body_bytes,
+                cors_origins: http.cors_origins.clone(),
+            }),
+        };
+        let app = if settings.roles.contains(&Role::Api) {
             let (auth, auth_pool, token) = (state.auth.clone(), pool.clone(), stop.clone());
             tasks.spawn(async move {
                 record_key_use(&auth, &auth_pool, &token).await;
@@ -173,16 +171,19 @@ impl Application {
                     consumers::outbox::run_until_stopped(relay_js, relay_pool, token).await;
                 ("outbox relay", relayed)
             });
-            let token = stop.clone();
-            tasks.spawn(async move {
-                let app = api::app(state).into_make_service_with_connect_info::<SocketAddr>();
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(token.cancelled_owned())
-                    .await
-                    .context("serving HTTP");
-                ("api", served)
-            });
-        }
+            api::app(state)
+        } else {
+            api::operations_app(state)
+        };
+        let token = stop.clone();
+        tasks.spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+                .context("serving HTTP");
+            ("http", served)
+        });
         tracing::info!(roles = ?settings.roles, "running");
 
         let mut failure = None;

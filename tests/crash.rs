@@ -87,6 +87,8 @@ fn spawn_tracely(stack: &Stack, attempt: usize) -> Child {
         .args(["run", "--roles", "evaluate,record,archive"])
         .env("TRACELY_NATS_URL", stack.nats.url())
         .env("DATABASE_URL", &stack.database_url)
+        // Every process serves health and metrics; a free port keeps parallel tests apart.
+        .env("TRACELY_HTTP_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)

@@ -74,6 +74,17 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// For processes without the API role: only `/health`, `/ready` and `/metrics`, so that every
+/// process can be probed and scraped.
+pub fn operations_app(state: AppState) -> Router {
+    let (router, _) = routes::open().split_for_parts();
+    router
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn(telemetry::track_requests))
+        .with_state(state)
+}
+
 /// The documented routes and their document: `/api/…` behind authentication, plus the open
 /// health and metrics routes.
 fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {

@@ -100,7 +100,7 @@ fn write_dev_env(
 fn print_banner(addr: &str, env_file: &Path, nats_url: &str, database_url: &str, api_key: &str) {
     println!(
         "\nTracely is running.\n\
-         \n  Dashboard   http://{addr}/\
+         \n  Dashboard   http://{addr}/#key={api_key}\
          \n  REST API    http://{addr}/api/incidents\
          \n  Health      http://{addr}/ready\
          \n  Metrics     http://{addr}/metrics\
