@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
+use store::notifications::NewNotification;
 use support::{eventually, publish, sample, App, Stack};
 use tracely::config::{HttpConfig, Role};
 
@@ -56,8 +57,9 @@ async fn the_api_honours_its_openapi_document_under_fuzzing() {
     };
     let app = App::start_with(settings).await;
 
-    // Something to find: a department, rules and an incident.
-    let (status, _) = app
+    // Real resources for every path with an id, so the fuzzer works on them (lifecycle moves,
+    // patches, deletions) and not only on ids that do not exist; those are tested elsewhere.
+    let (status, department) = app
         .post("/api/departments", &json!({"name": "Video"}))
         .await;
     assert_eq!(status, 201);
@@ -67,10 +69,73 @@ async fn the_api_honours_its_openapi_document_under_fuzzing() {
         &[sample("S1", "LATENCY_MS", 400.0, "2026-01-01T00:00:00Z")],
     )
     .await;
-    eventually("an incident", Duration::from_secs(20), || async {
-        (app.incidents("").await.len() == 1).then_some(())
+    let incident = eventually("an incident", Duration::from_secs(20), || async {
+        app.incidents("").await.first().cloned()
     })
     .await;
+    let incident = incident["id"].as_str().unwrap().to_owned();
+    let (status, comment) = app
+        .post(
+            &format!("/api/incidents/{incident}/comments"),
+            &json!({"body": "looking"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, rules) = app.get("/api/rules").await;
+    let (status, key) = app
+        .post("/api/keys", &json!({"name": "to revoke", "role": "viewer"}))
+        .await;
+    assert_eq!(status, 201);
+    let notification = NewNotification {
+        id: uuid::Uuid::new_v4(),
+        department_id: None,
+        incident_id: None,
+        kind: "incident_opened".into(),
+        severity: None,
+        title: "fuzz".into(),
+        body: String::new(),
+    };
+    store::notifications::insert(&app.pool, &notification)
+        .await
+        .unwrap();
+    let config = stack.path().join("schemathesis.toml");
+    let operation = |path: &str, parameters: &[(&str, &Value)]| {
+        let parameters: Vec<String> = parameters
+            .iter()
+            .map(|(name, value)| format!("\"path.{name}\" = {}", json!(value.as_str().unwrap())))
+            .collect();
+        format!(
+            "[[operations]]\ninclude-path = \"{path}\"\nparameters = {{ {} }}\n\n",
+            parameters.join(", ")
+        )
+    };
+    let incident = json!(incident);
+    let text = [
+        operation("/api/incidents/{id}", &[("id", &incident)]),
+        operation("/api/incidents/{id}/events", &[("id", &incident)]),
+        operation("/api/incidents/{id}/comments", &[("id", &incident)]),
+        operation(
+            "/api/incidents/{id}/comments/{comment_id}",
+            &[("id", &incident), ("comment_id", &comment["data"]["id"])],
+        ),
+        operation("/api/rules/{id}", &[("id", &rules["data"][0]["id"])]),
+        operation(
+            "/api/departments/{id}",
+            &[("id", &department["data"]["id"])],
+        ),
+        operation("/api/keys/{id}", &[("id", &key["data"]["id"])]),
+        operation("/api/services/{id}", &[("id", &json!("S1"))]),
+        operation(
+            "/api/notifications/{id}/read",
+            &[("id", &json!(notification.id.to_string()))],
+        ),
+        operation(
+            "/api/notifications/{id}/unread",
+            &[("id", &json!(notification.id.to_string()))],
+        ),
+    ]
+    .concat();
+    std::fs::write(&config, text).unwrap();
 
     let (key, url) = (app.admin_key.clone(), app.url("/api/openapi.json"));
     let output = tokio::task::spawn_blocking(move || {
