@@ -164,7 +164,7 @@ impl Application {
                 record_key_use(&auth, &auth_pool, &token).await;
                 ("key usage", Ok(()))
             });
-            // Every API process relays the outbox; row locks keep them from sending a row twice.
+            // Every API process runs a relay; one at a time holds the turn to publish.
             let (relay_js, relay_pool, token) = (js.clone(), pool.clone(), stop.clone());
             tasks.spawn(async move {
                 let relayed =

@@ -440,6 +440,7 @@ async fn incidents_are_filtered_searched_sorted_and_paged() {
         "limit=abc",
         "assignee=me",
         "status=OPEN&status=CLOSED",
+        "from=-5000-01-01T00:00:00Z",
     ] {
         let (status, body) = app.get(&format!("/api/incidents?{bad}")).await;
         assert_eq!(status, 400, "{bad}: {body}");

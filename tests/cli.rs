@@ -253,3 +253,69 @@ async fn configuration_mistakes_are_named() {
     assert!(!output.status.success());
     assert!(text(&output).contains("judge"), "{}", text(&output));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_the_stack_with_an_admin_key_in_dev_env() {
+    use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_tracely"))
+        .args(["dev", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let dashboard = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.trim().strip_prefix("Dashboard") {
+                return url.trim().to_owned();
+            }
+        }
+        panic!("tracely dev ended without printing the dashboard");
+    })
+    .await
+    .expect("tracely dev printed no dashboard within 2 minutes");
+
+    let env_file = dir.path().join("dev.env");
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    let key = env
+        .lines()
+        .find_map(|l| l.strip_prefix("TRACELY_API_KEY="))
+        .expect("dev.env names TRACELY_API_KEY")
+        .to_owned();
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "dev.env holds an admin key");
+    let (base, fragment) = dashboard
+        .split_once("/#key=")
+        .expect("the link carries the key");
+    assert_eq!(fragment, key);
+
+    let client = reqwest::Client::new();
+    let with_key = client
+        .post(format!("{base}/api/departments"))
+        .bearer_auth(&key)
+        .json(&serde_json::json!({"name": "Video"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(with_key.status(), 201, "the key is an admin key");
+    let without = client
+        .get(format!("{base}/api/incidents"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(without.status(), 401);
+
+    let pid = dev.id().unwrap() as i32;
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), dev.wait())
+        .await
+        .expect("tracely dev stops on Ctrl-C")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!env_file.exists(), "dev.env is removed with the stack");
+}

@@ -1,14 +1,14 @@
 //! API keys and roles. [`authenticate`] runs before every `/api` route: it finds the caller's
-//! key from `Authorization: Bearer …`, rate-limits per key (or per client address when there is
-//! no valid key), and answers 401 without a valid key. Handlers then state the least role they
+//! key from `Authorization: Bearer …`, rate-limits per key (and per client address whenever the
+//! database must be asked about a key, or there is none), and answers 401 without a valid key. Handlers then state the least role they
 //! need with the [`Caller`] extractor, which answers 403 to a weaker key.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -37,9 +37,17 @@ pub struct RateLimit {
     pub burst: NonZeroU32,
 }
 
-/// Shared authentication state: the rate limiter and keys waiting to have their use recorded.
+/// How long a checked key is trusted without asking the database again; a key revoked in
+/// another process stops working here within this time.
+const KNOWN_FOR: Duration = Duration::from_secs(5);
+/// Most keys remembered at once; beyond it the memory is cleared.
+const MAX_KNOWN: usize = 10_000;
+
+/// Shared authentication state: the rate limiter, keys recently checked, and keys waiting to
+/// have their use recorded.
 pub struct Auth {
     limiter: DefaultKeyedRateLimiter<String>,
+    known: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
     used: Mutex<HashSet<Uuid>>,
 }
 
@@ -48,8 +56,31 @@ impl Auth {
         let quota = Quota::per_second(limit.per_second).allow_burst(limit.burst);
         Auth {
             limiter: DefaultKeyedRateLimiter::keyed(quota),
+            known: Mutex::new(HashMap::new()),
             used: Mutex::new(HashSet::new()),
         }
+    }
+
+    fn recall(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let known = self.known.lock().expect("known keys lock poisoned");
+        known
+            .get(digest)
+            .filter(|(_, at)| at.elapsed() < KNOWN_FOR)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn remember(&self, digest: [u8; 32], principal: &Principal) {
+        let mut known = self.known.lock().expect("known keys lock poisoned");
+        if known.len() >= MAX_KNOWN {
+            known.clear();
+        }
+        known.insert(digest, (principal.clone(), Instant::now()));
+    }
+
+    /// Forgets a key at once, as when it is revoked through this process.
+    pub fn forget(&self, key_id: Uuid) {
+        let mut known = self.known.lock().expect("known keys lock poisoned");
+        known.retain(|_, (p, _)| p.key_id != key_id);
     }
 
     /// `Err(wait)` when the caller must wait before the next request.
@@ -122,20 +153,30 @@ async fn identify(
     ip: String,
 ) -> Result<Principal, ApiError> {
     let presented = presented?;
-    let principal = match &presented {
-        Some(key) => store::api_keys::find_active(&state.pool, &digest(key)).await?,
-        None => None,
+    let digest = presented.as_deref().map(digest);
+    let auth = &state.auth;
+    let principal = match digest.and_then(|d| auth.recall(&d)) {
+        Some(known) => Some(known),
+        None => {
+            // A key this process has not just seen: the client's address pays before the
+            // database is asked, so guessing keys cannot flood the pool.
+            auth.check(&format!("ip:{ip}")).map_err(rate_limited)?;
+            match digest {
+                Some(d) => {
+                    let found = store::api_keys::find_active(&state.pool, &d).await?;
+                    if let Some(p) = &found {
+                        auth.remember(d, p);
+                    }
+                    found
+                }
+                None => None,
+            }
+        }
     };
-    let caller = match &principal {
-        Some(p) => format!("key:{}", p.key_id),
-        None => format!("ip:{ip}"),
-    };
-    state
-        .auth
-        .check(&caller)
-        .map_err(|wait| ApiError::RateLimited {
-            retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
-        })?;
+    if let Some(p) = &principal {
+        auth.check(&format!("key:{}", p.key_id))
+            .map_err(rate_limited)?;
+    }
     match (principal, presented) {
         (Some(p), _) => {
             state
@@ -152,6 +193,12 @@ async fn identify(
         (None, None) => Err(ApiError::Unauthorized(
             "an API key is required: send Authorization: Bearer <key>".to_owned(),
         )),
+    }
+}
+
+fn rate_limited(wait: Duration) -> ApiError {
+    ApiError::RateLimited {
+        retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
     }
 }
 

@@ -90,6 +90,10 @@ impl From<sqlx::Error> for ApiError {
                     "text may not contain NUL (\\u0000) characters; they cannot be stored",
                 )
             }
+            // datetime_field_overflow: a time Postgres cannot represent (before 4713 BC).
+            sqlx::Error::Database(d) if d.code().as_deref() == Some("22008") => {
+                ApiError::bad_request("a time is out of the range that can be stored")
+            }
             e => ApiError::Internal(anyhow::Error::new(e).context("database query failed")),
         }
     }

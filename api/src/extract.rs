@@ -194,7 +194,8 @@ impl Params {
     }
 }
 
-fn query_error(name: &str, reason: &str) -> ApiError {
+/// A 400 naming a query parameter and what is wrong with it.
+pub fn query_error(name: &str, reason: &str) -> ApiError {
     ApiError::BadRequest {
         message: format!("query parameter `{name}`: {reason}"),
         details: json!([{ "field": name, "message": reason }]),

@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::{counter, histogram};
@@ -61,7 +62,17 @@ pub async fn track_requests(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().to_string();
+    // Clients choose the method; only the standard ones become label values.
+    let method = match *req.method() {
+        Method::GET
+        | Method::POST
+        | Method::PUT
+        | Method::PATCH
+        | Method::DELETE
+        | Method::HEAD
+        | Method::OPTIONS => req.method().to_string(),
+        _ => "other".to_owned(),
+    };
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     counter!("tracely_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)

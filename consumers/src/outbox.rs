@@ -1,8 +1,8 @@
 //! The outbox relay: publishes the messages that API changes committed to the Postgres outbox
-//! onto the INCIDENTS stream. Each round locks up to [`BATCH`] unpublished rows in order
-//! (skipping rows another relay holds, so every API process can run one), publishes them with
-//! the row id as `Nats-Msg-Id`, waits for every PubAck, and only then marks them published and
-//! commits. A failed round rolls back and is retried with backoff (1 s doubling to 30 s),
+//! onto the INCIDENTS stream. Each round takes the one relay turn (an advisory lock, so every
+//! API process can run a relay and order is kept), locks up to [`BATCH`] unpublished rows in
+//! order, publishes them with the row id as `Nats-Msg-Id`, waits for every PubAck, and only
+//! then marks them published and commits. A failed round rolls back and is retried with backoff (1 s doubling to 30 s),
 //! logged once per outage. The relay wakes on the outbox's notification channel, and every
 //! second in case a notification was missed; published rows are forgotten after a day.
 //!

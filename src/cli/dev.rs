@@ -94,7 +94,20 @@ fn write_dev_env(
         "# Written by `tracely dev`: how to reach the local stack.\n\
          TRACELY_NATS_URL={nats_url}\nDATABASE_URL={database_url}\nTRACELY_API_KEY={api_key}\n"
     );
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    // It holds an admin key: readable by its owner only.
+    let write = || -> std::io::Result<()> {
+        use std::io::Write as _;
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(text.as_bytes())
+    };
+    write().with_context(|| format!("writing {}", path.display()))
 }
 
 fn print_banner(addr: &str, env_file: &Path, nats_url: &str, database_url: &str, api_key: &str) {

@@ -102,3 +102,20 @@ pub async fn list_for_incident(
     .fetch_all(pool)
     .await
 }
+
+/// Removes a deleted comment's text from the timeline event that recorded it; the event stays.
+pub async fn scrub_comment_body<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    incident_id: Uuid,
+    comment_id: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE incident_events SET data = data - 'body'
+         WHERE incident_id = $1 AND kind = 'COMMENTED' AND data->>'comment_id' = $2::text",
+    )
+    .bind(incident_id)
+    .bind(comment_id)
+    .execute(executor)
+    .await
+    .map(|_| ())
+}

@@ -111,10 +111,7 @@ pub const SORT_FIELDS: &[SortField] = &[
     SortField::new("opened_at", "opened_at"),
     SortField::new("last_violation_at", "last_violation_at"),
     SortField::new("updated_at", "updated_at"),
-    SortField::new(
-        "severity",
-        "CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2 ELSE 1 END",
-    ),
+    SortField::new("severity", crate::SEVERITY_RANK),
     SortField::new("status", "status"),
     SortField::new("service_id", "service_id"),
     SortField::new("peak_value", "peak_value"),

@@ -26,6 +26,10 @@ use sqlx::PgPool;
 
 pub use page::{Page, Sort, SortField};
 
+/// Severity as a number, most urgent highest, for sorting and comparing in SQL.
+pub(crate) const SEVERITY_RANK: &str =
+    "CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2 ELSE 1 END";
+
 /// The schema migrations, embedded at build time from `migrations/`.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 

@@ -33,16 +33,26 @@ pub async fn insert(
         .map(|_| ())
 }
 
-/// Up to `limit` unpublished messages, oldest first, locked until the transaction ends. Rows
-/// another relay holds are skipped, so several relays share the work without sending a row
-/// twice at once.
+/// Advisory lock key held by the one relay publishing at a time.
+const RELAY_LOCK: i64 = 0x7472_6163_656c_7901;
+
+/// Up to `limit` unpublished messages, oldest first, locked until the transaction ends. Only
+/// one relay publishes at a time, so messages reach the stream in the order they were made:
+/// while another relay holds the turn, this returns nothing.
 pub async fn lock_unpublished(
     tx: &mut PgConnection,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    let turn: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(RELAY_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !turn {
+        return Ok(Vec::new());
+    }
     sqlx::query_as(
         "SELECT id, subject, payload FROM outbox WHERE published_at IS NULL
-         ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+         ORDER BY created_at, id LIMIT $1 FOR UPDATE",
     )
     .bind(limit)
     .fetch_all(tx)

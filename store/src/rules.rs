@@ -227,10 +227,7 @@ pub const SORT_FIELDS: &[SortField] = &[
     SortField::new("name", "name"),
     SortField::new("metric_type", "metric_type"),
     SortField::new("trigger_count", "trigger_count"),
-    SortField::new(
-        "severity",
-        "CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3 WHEN 'MEDIUM' THEN 2 ELSE 1 END",
-    ),
+    SortField::new("severity", crate::SEVERITY_RANK),
 ];
 
 /// Oldest first: the order rules were written in.

@@ -83,6 +83,8 @@ pub async fn archive<'e>(
              SELECT stream_seq, service_id, metric_type, labels::jsonb, value, recorded_at,
                     sample_id
              FROM input
+             -- The same order in every process, so overlapping batches cannot deadlock.
+             ORDER BY stream_seq
              ON CONFLICT (stream_seq) DO NOTHING
              RETURNING stream_seq, service_id, metric_type, value, recorded_at
          ),

@@ -150,16 +150,29 @@ pub async fn metric_health(
     pool: &PgPool,
     service_id: &str,
 ) -> Result<Vec<MetricHealth>, sqlx::Error> {
-    sqlx::query_as(
-        "WITH latest AS (
-             SELECT DISTINCT ON (metric_type) metric_type, last, last_at
-             FROM metric_rollups WHERE service_id = $1
-             ORDER BY metric_type, minute DESC
+    // Rollups are kept for ever: the metric names are found by skipping through the primary
+    // key, and each one's latest minute read from its end, instead of reading every minute.
+    sqlx::query_as(&format!(
+        "WITH RECURSIVE metrics AS (
+             (SELECT metric_type FROM metric_rollups WHERE service_id = $1
+              ORDER BY metric_type LIMIT 1)
+             UNION ALL
+             SELECT (SELECT r.metric_type FROM metric_rollups r
+                     WHERE r.service_id = $1 AND r.metric_type > m.metric_type
+                     ORDER BY r.metric_type LIMIT 1)
+             FROM metrics m WHERE m.metric_type IS NOT NULL
+         ),
+         latest AS (
+             SELECT m.metric_type, l.last, l.last_at
+             FROM metrics m
+             CROSS JOIN LATERAL (
+                 SELECT last, last_at FROM metric_rollups r
+                 WHERE r.service_id = $1 AND r.metric_type = m.metric_type
+                 ORDER BY minute DESC LIMIT 1
+             ) l
          ),
          open AS (
-             SELECT metric_type, count(*) AS open_incidents,
-                    max(CASE severity WHEN 'CRITICAL' THEN 4 WHEN 'HIGH' THEN 3
-                                      WHEN 'MEDIUM' THEN 2 ELSE 1 END) AS worst
+             SELECT metric_type, count(*) AS open_incidents, max({rank}) AS worst
              FROM incidents WHERE service_id = $1 AND resolved_at IS NULL
              GROUP BY metric_type
          )
@@ -171,7 +184,8 @@ pub async fn metric_health(
                 latest.last_at
          FROM latest FULL JOIN open USING (metric_type)
          ORDER BY metric_type",
-    )
+        rank = crate::SEVERITY_RANK
+    ))
     .bind(service_id)
     .fetch_all(pool)
     .await

@@ -307,6 +307,8 @@ pub async fn delete_comment(
     store::comments::delete(&mut tx, id, comment_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("incident {id} has no comment {comment_id}")))?;
+    // A comment is often deleted for what it says: the timeline keeps that it was made.
+    store::events::scrub_comment_body(&mut *tx, id, comment_id).await?;
     let activity = Activity {
         kind: ActivityKind::CommentDeleted,
         actor: &actor,

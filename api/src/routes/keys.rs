@@ -85,6 +85,7 @@ pub async fn revoke(
     let record = store::api_keys::revoke(&state.pool, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("key {id} not found")))?;
+    state.auth.forget(id);
     tracing::info!(key_id = %id, by = %caller.actor(), "API key revoked");
     Ok(envelope::data(record))
 }

@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 use crate::auth::{Caller, Operator, Viewer};
 use crate::envelope::{self, Data, List};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, Params};
+use crate::extract::{query_error, JsonBody, Params};
 use crate::openapi::PageQuery;
 use crate::publish::publish_samples;
 use crate::AppState;
@@ -326,13 +326,6 @@ where
     params
         .take(name)?
         .ok_or_else(|| query_error(name, "is required"))
-}
-
-fn query_error(name: &str, reason: &str) -> ApiError {
-    ApiError::BadRequest {
-        message: format!("query parameter `{name}`: {reason}"),
-        details: json!([{ "field": name, "message": reason }]),
-    }
 }
 
 #[cfg(test)]

@@ -80,17 +80,26 @@ pub struct RuleBody {
 #[allow(dead_code)]
 pub struct RulePatch {
     name: Option<String>,
+    #[schema(nullable = false)]
     aggregation: Option<Aggregation>,
+    #[schema(nullable = false)]
     window: Option<Span>,
+    #[schema(nullable = false)]
     operator: Option<Operator>,
+    #[schema(nullable = false)]
     threshold: Option<f64>,
     #[schema(rename = "for")]
+    #[schema(nullable = false)]
     pending_for: Option<Span>,
     clear_threshold: Option<f64>,
+    #[schema(nullable = false)]
     clear_for: Option<Span>,
+    #[schema(nullable = false)]
     auto_resolve: Option<bool>,
+    #[schema(nullable = false)]
     severity: Option<Severity>,
     department_id: Option<Uuid>,
+    #[schema(nullable = false)]
     enabled: Option<bool>,
 }
 
