@@ -544,3 +544,34 @@ async fn services_show_their_metrics_and_admins_can_patch_them() {
     assert_eq!(status, 404);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_refuses_a_recreated_metrics_stream() {
+    let stack = Stack::start().await;
+    let app = App::start(&stack).await;
+    let js = stack.js().await;
+    publish(
+        &js,
+        &[
+            sample("S1", "LATENCY_MS", 1.0, "2026-03-12T09:00:00Z"),
+            sample("S1", "LATENCY_MS", 2.0, "2026-03-12T09:00:01Z"),
+        ],
+    )
+    .await;
+    drained(&js, Duration::from_secs(20)).await;
+    app.stop().await;
+
+    // The stream is deleted and made again: its sequences restart at 1.
+    js.delete_stream("METRICS").await.unwrap();
+    let app = tracely::startup::Application::build(stack.settings(&tracely::config::Role::ALL))
+        .await
+        .expect("start-up recreates the stream");
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.run_until_stopped(tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("the archive refuses at once");
+    let error = format!("{:#}", stopped.unwrap_err());
+    assert!(error.contains("METRICS was created again"), "{error}");
+}

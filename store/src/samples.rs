@@ -238,3 +238,10 @@ pub async fn list(
     let total = count.build_query_scalar().fetch_one(pool).await?;
     Ok((rows, total))
 }
+
+/// The highest stream sequence archived, if any.
+pub async fn highest_sequence(pool: &PgPool) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT max(stream_seq) FROM metric_samples")
+        .fetch_one(pool)
+        .await
+}

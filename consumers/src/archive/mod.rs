@@ -14,6 +14,7 @@ pub mod handler;
 
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_nats::jetstream;
 use chrono::Utc;
 use sqlx::PgPool;
@@ -61,7 +62,11 @@ impl Archiver {
 
     /// Archives and prunes until `shutdown` fires. Fails only when the METRICS stream cannot be
     /// found.
+    /// Archives until `shutdown`. Fails at once if the archive holds stream sequences beyond
+    /// the end of METRICS, as after the stream was deleted and created again: new samples
+    /// would then be taken for ones already stored and silently skipped.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.check_same_stream().await?;
         let (js, spec) = (self.js.clone(), self.spec.clone());
         let prune = prune_until_stopped(
             js.clone(),
@@ -72,6 +77,32 @@ impl Archiver {
         let pull = run_pull_loop(&js, METRICS, CONSUMER, &spec, &shutdown, &mut self);
         let (pulled, ()) = tokio::join!(pull, prune);
         pulled
+    }
+
+    async fn check_same_stream(&self) -> anyhow::Result<()> {
+        let archived = store::samples::highest_sequence(&self.pool)
+            .await
+            .context("reading the archive's highest stream sequence")?;
+        let mut stream = self
+            .js
+            .get_stream(METRICS)
+            .await
+            .context("looking up METRICS")?;
+        let last = stream
+            .info()
+            .await
+            .context("reading METRICS")?
+            .state
+            .last_sequence;
+        match archived {
+            Some(archived) if u64::try_from(archived).unwrap_or(0) > last => anyhow::bail!(
+                "the archive holds METRICS sequence {archived} but the stream ends at {last}: \
+                 METRICS was created again, and its new samples would be mistaken for archived \
+                 ones. Move the old raw samples aside (for example `DELETE FROM metric_samples`; \
+                 rollups and charts are kept) and start again"
+            ),
+            _ => Ok(()),
+        }
     }
 
     async fn handle_batch(&self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
