@@ -4,6 +4,9 @@
 //!
 //! Run with `cargo bench --bench incident_lists`.
 
+#[path = "../tests/fixtures/seed.rs"]
+mod seed;
+
 use std::time::{Duration, Instant};
 
 use schemas::{IncidentStatus, Severity};
@@ -33,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
     store::migrate(&pool).await?;
     let (incidents, rounds) = scale();
     eprintln!("seeding {incidents} incidents…");
-    seed(&pool, incidents).await?;
+    seed::seed_incidents(&pool, incidents).await?;
     let options: PgConnectOptions = url.parse()?;
     let no_index = PgPoolOptions::new()
         .max_connections(1)
@@ -123,24 +126,6 @@ async fn main() -> anyhow::Result<()> {
     pool.close().await;
     no_index.close().await;
     postgres.stop().await
-}
-
-async fn seed(pool: &PgPool, incidents: i32) -> anyhow::Result<()> {
-    for statement in include_str!("../tests/fixtures/incidents.sql").split(";\n") {
-        let statement = statement.trim();
-        if statement
-            .lines()
-            .all(|l| l.trim().is_empty() || l.starts_with("--"))
-        {
-            continue;
-        }
-        if statement.contains("$1") {
-            sqlx::query(statement).bind(incidents).execute(pool).await?;
-        } else {
-            sqlx::raw_sql(statement).execute(pool).await?;
-        }
-    }
-    Ok(())
 }
 
 /// p50 and p99 of listing the first page with its total, after a warm-up.

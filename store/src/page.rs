@@ -52,7 +52,9 @@ pub struct Sort {
 }
 
 impl Sort {
-    /// Appends ` ORDER BY <field> <dir>, <tiebreak> <dir> LIMIT … OFFSET …`.
+    /// Appends ` ORDER BY <field> <dir>, <tiebreak> … LIMIT … OFFSET …`. The tie-break runs
+    /// against the field's direction, which is the order an index on `(field DESC, tiebreak)`
+    /// yields read either way, so no sort is needed after it.
     pub fn push_order_and_page(
         &self,
         query: &mut QueryBuilder<'_, Postgres>,
@@ -67,8 +69,7 @@ impl Sort {
             .push(dir)
             .push(", ")
             .push(tiebreak)
-            .push(" ")
-            .push(dir)
+            .push(if self.descending { " ASC" } else { " DESC" })
             .push(" LIMIT ")
             .push_bind(page.limit)
             .push(" OFFSET ")

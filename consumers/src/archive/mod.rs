@@ -66,7 +66,7 @@ impl Archiver {
     /// the end of METRICS, as after the stream was deleted and created again: new samples
     /// would then be taken for ones already stored and silently skipped.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.check_same_stream().await?;
+        self.check_same_stream(&shutdown).await?;
         let (js, spec) = (self.js.clone(), self.spec.clone());
         let prune = prune_until_stopped(
             js.clone(),
@@ -79,7 +79,38 @@ impl Archiver {
         pulled
     }
 
-    async fn check_same_stream(&self) -> anyhow::Result<()> {
+    /// Fails on a mismatch; waits out an unreachable Postgres or NATS like the rest of the
+    /// consumer does. Returns early, without an error, on shutdown.
+    async fn check_same_stream(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let mut logged = false;
+        loop {
+            match self.sequences().await {
+                Ok((Some(archived), last)) if u64::try_from(archived).unwrap_or(0) > last => {
+                    anyhow::bail!(
+                        "the archive holds METRICS sequence {archived} but the stream ends at \
+                         {last}: METRICS was created again, and its new samples would be \
+                         mistaken for archived ones. Move the old raw samples aside (for \
+                         example `DELETE FROM metric_samples`; rollups and charts are kept) and \
+                         start again"
+                    )
+                }
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    if !logged {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot compare the archive with METRICS yet; retrying");
+                        logged = true;
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// The highest archived sequence, and the last in METRICS.
+    async fn sequences(&self) -> anyhow::Result<(Option<i64>, u64)> {
         let archived = store::samples::highest_sequence(&self.pool)
             .await
             .context("reading the archive's highest stream sequence")?;
@@ -94,15 +125,7 @@ impl Archiver {
             .context("reading METRICS")?
             .state
             .last_sequence;
-        match archived {
-            Some(archived) if u64::try_from(archived).unwrap_or(0) > last => anyhow::bail!(
-                "the archive holds METRICS sequence {archived} but the stream ends at {last}: \
-                 METRICS was created again, and its new samples would be mistaken for archived \
-                 ones. Move the old raw samples aside (for example `DELETE FROM metric_samples`; \
-                 rollups and charts are kept) and start again"
-            ),
-            _ => Ok(()),
-        }
+        Ok((archived, last))
     }
 
     async fn handle_batch(&self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
