@@ -8,15 +8,18 @@ ALTER TABLE departments ADD COLUMN description text NOT NULL DEFAULT '';
 
 ALTER TABLE incidents ADD COLUMN assignee text;
 
--- Every list filter leads an index that also serves the default order (newest first).
+-- Every list filter leads an index that also serves the default order (newest first), and
+-- its reverse; the id breaks ties in the same direction.
 DROP INDEX incidents_status_idx;
 DROP INDEX incidents_service_idx;
 DROP INDEX incidents_rule_idx;
-CREATE INDEX incidents_status_opened_idx ON incidents (status, opened_at DESC, id);
-CREATE INDEX incidents_severity_opened_idx ON incidents (severity, opened_at DESC, id);
-CREATE INDEX incidents_service_opened_idx ON incidents (service_id, opened_at DESC, id);
-CREATE INDEX incidents_rule_opened_idx ON incidents (rule_id, opened_at DESC, id);
-CREATE INDEX incidents_department_opened_idx ON incidents (department_id, opened_at DESC, id);
+DROP INDEX incidents_opened_at_idx;
+CREATE INDEX incidents_opened_idx ON incidents (opened_at DESC, id DESC);
+CREATE INDEX incidents_status_opened_idx ON incidents (status, opened_at DESC, id DESC);
+CREATE INDEX incidents_severity_opened_idx ON incidents (severity, opened_at DESC, id DESC);
+CREATE INDEX incidents_service_opened_idx ON incidents (service_id, opened_at DESC, id DESC);
+CREATE INDEX incidents_rule_opened_idx ON incidents (rule_id, opened_at DESC, id DESC);
+CREATE INDEX incidents_department_opened_idx ON incidents (department_id, opened_at DESC, id DESC);
 -- `search`: a substring of the message, service or rule name.
 CREATE INDEX incidents_search_idx ON incidents
     USING gin ((message || ' ' || service_id || ' ' || rule_name) gin_trgm_ops);

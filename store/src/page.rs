@@ -52,9 +52,8 @@ pub struct Sort {
 }
 
 impl Sort {
-    /// Appends ` ORDER BY <field> <dir>, <tiebreak> … LIMIT … OFFSET …`. The tie-break runs
-    /// against the field's direction, which is the order an index on `(field DESC, tiebreak)`
-    /// yields read either way, so no sort is needed after it.
+    /// Appends ` ORDER BY <field> <dir>, <tiebreak> <dir> LIMIT … OFFSET …`. An index on
+    /// `(field DESC, tiebreak DESC)` yields this order read either way.
     pub fn push_order_and_page(
         &self,
         query: &mut QueryBuilder<'_, Postgres>,
@@ -69,7 +68,8 @@ impl Sort {
             .push(dir)
             .push(", ")
             .push(tiebreak)
-            .push(if self.descending { " ASC" } else { " DESC" })
+            .push(" ")
+            .push(dir)
             .push(" LIMIT ")
             .push_bind(page.limit)
             .push(" OFFSET ")
