@@ -82,9 +82,10 @@ CREATE TABLE notifications (
     created_at     timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE INDEX notifications_created_idx ON notifications (created_at DESC, id);
-CREATE INDEX notifications_department_idx ON notifications (department_id, created_at DESC, id);
+CREATE INDEX notifications_created_idx ON notifications (created_at DESC, id DESC);
+CREATE INDEX notifications_department_idx ON notifications (department_id, created_at DESC, id DESC);
 CREATE INDEX notifications_unread_idx ON notifications (department_id) WHERE read_at IS NULL;
+CREATE INDEX notifications_incident_idx ON notifications (incident_id, created_at DESC, id DESC);
 
 -- Raw samples as archived from METRICS, keyed by stream sequence so a redelivered sample is
 -- stored (and counted in its rollup) once. Pruned after the retention period.

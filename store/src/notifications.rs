@@ -111,24 +111,24 @@ pub async fn set_read(
 
 /// Marks every unread notification read, or only a department's; returns how many changed.
 pub async fn read_all(pool: &PgPool, department_id: Option<Uuid>) -> Result<u64, sqlx::Error> {
-    sqlx::query(
-        "UPDATE notifications SET read_at = now()
-         WHERE read_at IS NULL AND ($1::uuid IS NULL OR department_id = $1)",
-    )
-    .bind(department_id)
-    .execute(pool)
-    .await
-    .map(|r| r.rows_affected())
+    let mut query = QueryBuilder::new("UPDATE notifications SET read_at = now()");
+    push_unread(&mut query, department_id);
+    query.build().execute(pool).await.map(|r| r.rows_affected())
 }
 
 pub async fn unread_count(pool: &PgPool, department_id: Option<Uuid>) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM notifications
-         WHERE read_at IS NULL AND ($1::uuid IS NULL OR department_id = $1)",
-    )
-    .bind(department_id)
-    .fetch_one(pool)
-    .await
+    let mut query = QueryBuilder::new("SELECT count(*) FROM notifications");
+    push_unread(&mut query, department_id);
+    query.build_query_scalar().fetch_one(pool).await
+}
+
+/// Unread, and of the department when one is given; spelled out rather than as
+/// `($1 IS NULL OR …)` so that the partial index on unread rows is used.
+fn push_unread(query: &mut QueryBuilder<'_, Postgres>, department_id: Option<Uuid>) {
+    query.push(" WHERE read_at IS NULL");
+    if let Some(department_id) = department_id {
+        query.push(" AND department_id = ").push_bind(department_id);
+    }
 }
 
 /// A notification to add, as the notifier writes them.
