@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Creates the three seed rules on a running Tracely (default http://127.0.0.1:8080).
+# Creates the three seed rules on a running Tracely (TRACELY_API_URL, default
+# http://127.0.0.1:8080).
 # Needs an admin key in TRACELY_API_KEY; `make run` writes one to .tracely/dev.env.
 set -euo pipefail
 if [ -z "${TRACELY_API_KEY:-}" ] && [ -f "${TRACELY_DATA_DIR:-.tracely}/dev.env" ]; then
   TRACELY_API_KEY=$(sed -n 's/^TRACELY_API_KEY=//p' "${TRACELY_DATA_DIR:-.tracely}/dev.env")
 fi
 : "${TRACELY_API_KEY:?set TRACELY_API_KEY to an admin key (tracely apikey create --role admin)}"
-api="${TRACELY_API:-http://127.0.0.1:8080}/api/rules"
+api="${TRACELY_API_URL:-http://127.0.0.1:8080}/api/rules"
 post() {
   curl -fsS -X POST "$api" -H "Authorization: Bearer $TRACELY_API_KEY" \
     -H 'Content-Type: application/json' -d "$1"
