@@ -138,8 +138,11 @@ async fn the_api_honours_its_openapi_document_under_fuzzing() {
     std::fs::write(&config, text).unwrap();
 
     let (key, url) = (app.admin_key.clone(), app.url("/api/openapi.json"));
+    // Schemathesis keeps a cache in its working directory; keep it out of the repository.
+    let workdir = stack.path().to_owned();
     let fuzz = move || {
         Command::new(&bin)
+            .current_dir(&workdir)
             .arg("--config-file")
             .arg(&config)
             .args([
