@@ -9,13 +9,11 @@ mod seed;
 
 use std::time::{Duration, Instant};
 
-use schemas::{IncidentStatus, Severity};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use store::incidents::{IncidentFilter, DEFAULT_SORT};
 use store::Page;
 use tracely::devstack::Postgres;
-use uuid::Uuid;
 
 /// `cargo test --all-targets` runs this without `--bench`: then a small smoke run checks that
 /// the benchmark still works, and its figures mean nothing.
@@ -47,68 +45,7 @@ async fn main() -> anyhow::Result<()> {
         ]))
         .await?;
 
-    let id = |name: &'static str| {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, Uuid>("SELECT md5($1)::uuid")
-                .bind(name)
-                .fetch_one(&pool)
-                .await
-        }
-    };
-    let filters = [
-        ("none", IncidentFilter::default()),
-        (
-            "status=OPEN",
-            IncidentFilter {
-                status: Some(IncidentStatus::Open),
-                ..Default::default()
-            },
-        ),
-        (
-            "severity=CRITICAL",
-            IncidentFilter {
-                severity: Some(Severity::Critical),
-                ..Default::default()
-            },
-        ),
-        (
-            "service_id",
-            IncidentFilter {
-                service_id: Some("svc-42".into()),
-                ..Default::default()
-            },
-        ),
-        (
-            "rule_id",
-            IncidentFilter {
-                rule_id: Some(id("rule7").await?),
-                ..Default::default()
-            },
-        ),
-        (
-            "department_id",
-            IncidentFilter {
-                department_id: Some(id("department3").await?),
-                ..Default::default()
-            },
-        ),
-        (
-            "from+to (1 day)",
-            IncidentFilter {
-                from: Some("2026-02-01T00:00:00Z".parse()?),
-                to: Some("2026-02-02T00:00:00Z".parse()?),
-                ..Default::default()
-            },
-        ),
-        (
-            "search",
-            IncidentFilter {
-                search: Some("svc-421".into()),
-                ..Default::default()
-            },
-        ),
-    ];
+    let filters = seed::filters(&pool).await?;
 
     println!("| filter | p50 ms | p99 ms | p50 without indexes ms | speed-up |");
     println!("|---|---:|---:|---:|---:|");

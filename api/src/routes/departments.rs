@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::auth::{Admin, Caller, Viewer};
 use crate::envelope::{self, Data, List};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, Params};
+use crate::extract::{bounded_text, JsonBody, Params};
 use crate::openapi::PageQuery;
 use crate::routes::parse_id;
 use crate::AppState;
@@ -39,13 +39,7 @@ pub struct DepartmentBody {
 
 impl DepartmentBody {
     fn validated(self) -> Result<(String, String), ApiError> {
-        let name = self.name.trim();
-        if name.is_empty() || name.chars().count() > 100 {
-            return Err(ApiError::invalid_field(
-                "name",
-                "must be 1 to 100 characters, not counting surrounding spaces",
-            ));
-        }
+        let name = bounded_text("name", &self.name, 100)?;
         let description = self.description.trim();
         if description.chars().count() > 2000 {
             return Err(ApiError::invalid_field(

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{SubsecRound, Utc};
 use schemas::{ActivityKind, IncidentStatus, Severity};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use store::comments::CommentRecord;
 use store::events::EventRecord;
 use store::incidents::{IncidentFilter, IncidentRecord};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::auth::{Caller, Operator, Viewer};
 use crate::envelope::{self, Data, List};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, Params};
+use crate::extract::{bounded_text, present, JsonBody, Params};
 use crate::lifecycle::{self, Activity, Change, CommentRef};
 use crate::openapi::PageQuery;
 use crate::routes::{parse_id, parse_path_uuid};
@@ -58,13 +58,6 @@ pub struct IncidentPatch {
     assignee: Option<Option<String>>,
 }
 
-/// Tells a field given as `null` (`Some(None)`) from one left out (`None`).
-fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
 impl IncidentPatch {
     /// Fails naming the field when it is null where null means nothing, or out of bounds, and
     /// when no field is given at all.
@@ -94,19 +87,6 @@ impl IncidentPatch {
             });
         }
         Ok(change)
-    }
-}
-
-/// `text` trimmed, if it then has 1 to `max` characters.
-fn bounded_text<'a>(field: &str, text: &'a str, max: usize) -> Result<&'a str, ApiError> {
-    let trimmed = text.trim();
-    match trimmed.chars().count() {
-        0 => Err(ApiError::invalid_field(field, "must not be empty")),
-        n if n > max => Err(ApiError::invalid_field(
-            field,
-            format!("must be at most {max} characters, got {n}"),
-        )),
-        _ => Ok(trimmed),
     }
 }
 

@@ -11,7 +11,7 @@ use utoipa_axum::routes;
 use crate::auth::{self, Admin, Caller, CreatedKey};
 use crate::envelope::{self, Data, List};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, Params};
+use crate::extract::{bounded_text, JsonBody, Params};
 use crate::openapi::PageQuery;
 use crate::routes::parse_id;
 use crate::AppState;
@@ -60,13 +60,7 @@ pub async fn create(
     State(state): State<AppState>,
     JsonBody(body): JsonBody<KeyBody>,
 ) -> Result<Response, ApiError> {
-    let name = body.name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::invalid_field(
-            "name",
-            "must be 1 to 100 characters, not counting surrounding spaces",
-        ));
-    }
+    let name = bounded_text("name", &body.name, 100)?;
     let created = auth::create_key(&state.pool, name, body.role).await?;
     tracing::info!(key_id = %created.record.id, role = %body.role, by = %caller.actor(), "API key created");
     Ok(envelope::created(created))

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use schemas::Severity;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use store::services::{ServiceChange, ServiceFilter, ServiceRecord, UpdateError};
 use utoipa::ToSchema;
@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::auth::{Admin, Caller, Viewer};
 use crate::envelope::{self, Data, List};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, Params};
+use crate::extract::{bounded_text, present, JsonBody, Params};
 use crate::openapi::PageQuery;
 use crate::AppState;
 
@@ -74,13 +74,6 @@ pub struct ServicePatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Uuid>)]
     pub department_id: Option<Option<Uuid>>,
-}
-
-/// Tells a field given as `null` (`Some(None)`) from an absent one (`None`).
-fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(
-    de: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(de).map(Some)
 }
 
 /// Services, registered on first sight of a sample; by id unless sorted otherwise.
@@ -152,17 +145,14 @@ pub async fn update(
     JsonBody(patch): JsonBody<ServicePatch>,
 ) -> Result<Response, ApiError> {
     let id = parse_service_id(&id)?;
-    if let Some(Some(name)) = &patch.display_name {
-        let chars = name.chars().count();
-        if name.trim().is_empty() || chars > MAX_DISPLAY_NAME {
-            return Err(ApiError::invalid_field(
-                "display_name",
-                format!("must be 1 to {MAX_DISPLAY_NAME} characters and not blank"),
-            ));
-        }
-    }
+    let display_name = match patch.display_name {
+        Some(Some(name)) => Some(Some(
+            bounded_text("display_name", &name, MAX_DISPLAY_NAME)?.to_owned(),
+        )),
+        other => other,
+    };
     let change = ServiceChange {
-        display_name: patch.display_name,
+        display_name,
         department_id: patch.department_id,
     };
     match store::services::update(&state.pool, &id, &change).await {
