@@ -210,6 +210,29 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ap
     })
 }
 
+/// For `#[serde(default, deserialize_with = "present")]` on an `Option<Option<T>>` field: tells a
+/// field sent as `null` (`Some(None)`) from one left out (`None`).
+pub fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
+}
+
+/// Text trimmed of surrounding space, 1 to `max` characters; the error names the field.
+pub fn bounded_text<'a>(field: &str, text: &'a str, max: usize) -> Result<&'a str, ApiError> {
+    let trimmed = text.trim();
+    match trimmed.chars().count() {
+        0 => Err(ApiError::invalid_field(field, "must not be empty")),
+        n if n > max => Err(ApiError::invalid_field(
+            field,
+            format!("must be at most {max} characters, got {n}"),
+        )),
+        _ => Ok(trimmed),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,28 +259,5 @@ mod tests {
             parse_json::<Body>(br#"{"colour": "#),
             Err(ApiError::BadRequest { .. })
         ));
-    }
-}
-
-/// For `#[serde(default, deserialize_with = "present")]` on an `Option<Option<T>>` field: tells a
-/// field sent as `null` (`Some(None)`) from one left out (`None`).
-pub fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    T: serde::Deserialize<'de>,
-    D: serde::Deserializer<'de>,
-{
-    <Option<T> as serde::Deserialize>::deserialize(deserializer).map(Some)
-}
-
-/// Text trimmed of surrounding space, 1 to `max` characters; the error names the field.
-pub fn bounded_text<'a>(field: &str, text: &'a str, max: usize) -> Result<&'a str, ApiError> {
-    let trimmed = text.trim();
-    match trimmed.chars().count() {
-        0 => Err(ApiError::invalid_field(field, "must not be empty")),
-        n if n > max => Err(ApiError::invalid_field(
-            field,
-            format!("must be at most {max} characters, got {n}"),
-        )),
-        _ => Ok(trimmed),
     }
 }
