@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use consumers::notify::NotifyConfig;
 use consumers::Topology;
+use store::targets::TargetPolicy;
 
 /// Every environment variable Tracely reads.
 pub const ENV_VARS: &[&str] = &[
@@ -25,6 +27,9 @@ pub const ENV_VARS: &[&str] = &[
     "TRACELY_RATE_LIMIT_BURST",
     "TRACELY_CORS_ORIGINS",
     "TRACELY_MAX_BODY_BYTES",
+    "TRACELY_WEBHOOK_ALLOW_PRIVATE",
+    "TRACELY_WEBHOOK_TIMEOUT_SECS",
+    "TRACELY_WEBHOOK_MAX_ATTEMPTS",
     "TRACELY_API_KEY",
     "TRACELY_API_URL",
     "TRACELY_DATA_DIR",
@@ -131,7 +136,7 @@ pub struct RunArgs {
         long,
         env = "TRACELY_ROLES",
         value_delimiter = ',',
-        default_value = "evaluate,record,archive,api"
+        default_value = "evaluate,record,archive,notify,api"
     )]
     pub roles: Vec<Role>,
 
@@ -189,6 +194,24 @@ pub struct ServeArgs {
     /// takes up to 16 MiB regardless, for batches of samples.
     #[arg(long, env = "TRACELY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Let webhook and Slack channels call loopback, link-local and private addresses. Off by
+    /// default, since such URLs could probe the internal network; `tracely dev` turns it on
+    /// unless set to false.
+    #[arg(long, env = "TRACELY_WEBHOOK_ALLOW_PRIVATE", num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub webhook_allow_private: Option<bool>,
+
+    /// Longest a webhook or Slack request may take, connecting included, in seconds.
+    #[arg(long, env = "TRACELY_WEBHOOK_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub webhook_timeout_secs: u64,
+
+    /// Attempts per webhook or Slack notification before it is dead-lettered and recorded as
+    /// failed. Retries back off exponentially (see `deliver` in the topology).
+    #[arg(long, env = "TRACELY_WEBHOOK_MAX_ATTEMPTS", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub webhook_max_attempts: u32,
 }
 
 /// An origin such as `https://ops.example.com`, or `*`.
@@ -213,6 +236,18 @@ fn parse_origin(text: &str) -> Result<String, String> {
 }
 
 impl ServeArgs {
+    /// How notifications are sent; `private_by_default` is what an unset
+    /// `TRACELY_WEBHOOK_ALLOW_PRIVATE` means.
+    pub fn notify(&self, private_by_default: bool) -> NotifyConfig {
+        NotifyConfig {
+            targets: TargetPolicy {
+                allow_private: self.webhook_allow_private.unwrap_or(private_by_default),
+            },
+            timeout: std::time::Duration::from_secs(self.webhook_timeout_secs),
+            max_attempts: self.webhook_max_attempts,
+        }
+    }
+
     /// The HTTP settings these flags describe.
     pub fn http(&self) -> HttpConfig {
         HttpConfig {
@@ -289,12 +324,20 @@ pub enum Role {
     Record,
     /// The archive consumer (METRICS → Postgres raw samples and rollups), and pruning.
     Archive,
+    /// The notify and deliver consumers (INCIDENTS → in-app notifications, webhooks, Slack).
+    Notify,
     /// The HTTP API.
     Api,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Evaluate, Role::Record, Role::Archive, Role::Api];
+    pub const ALL: [Role; 5] = [
+        Role::Evaluate,
+        Role::Record,
+        Role::Archive,
+        Role::Notify,
+        Role::Api,
+    ];
 }
 
 impl ServeArgs {

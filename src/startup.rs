@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _};
 use async_nats::jetstream;
 use consumers::archive::Archiver;
 use consumers::evaluate::Evaluator;
+use consumers::notify::NotifyConfig;
 use consumers::record::Recorder;
 use consumers::Topology;
 use sqlx::PgPool;
@@ -37,6 +38,8 @@ pub struct Settings {
     pub sample_retention: Duration,
     /// Rate limits, CORS and body size of the HTTP API.
     pub http: HttpConfig,
+    /// How notifications are sent, and which targets channels may call.
+    pub notify: NotifyConfig,
 }
 
 /// A connected, migrated process ready to run its roles.
@@ -156,6 +159,7 @@ impl Application {
                 ready_timeout: Duration::from_secs(2),
                 max_body_bytes: http.max_body_bytes,
                 cors_origins: http.cors_origins.clone(),
+                targets: settings.notify.targets,
             }),
         };
         let app = if settings.roles.contains(&Role::Api) {

@@ -51,6 +51,8 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
     /// Origins allowed to call the API from a browser; empty allows none, `*` allows any.
     pub cors_origins: Vec<String>,
+    /// Which URLs notification channels may call.
+    pub targets: store::targets::TargetPolicy,
 }
 
 /// The whole router, ready to serve or to call with `oneshot` in tests.

@@ -7,6 +7,8 @@
 //! - [`evaluate`]: METRICS → rules engine → INCIDENTS.
 //! - [`archive`]: METRICS → Postgres raw samples and per-minute rollups.
 //! - [`record`]: INCIDENTS → Postgres incidents and timeline.
+//! - [`notify`]: INCIDENTS → in-app notifications, webhooks and Slack, with silences and a
+//!   delivery log.
 //! - [`lag`]: consumer backlog and database pool gauges.
 //! - [`rules`]: keeps the evaluator's rule set current by listening to Postgres.
 //! - [`outbox`]: relays changes made over the API from the Postgres outbox to INCIDENTS.
@@ -16,6 +18,7 @@ pub mod error;
 pub mod evaluate;
 pub mod jetstream;
 pub mod lag;
+pub mod notify;
 pub mod outbox;
 pub mod record;
 pub mod rules;

@@ -18,6 +18,7 @@ pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
 pub const METRICS: &str = "METRICS";
 pub const INCIDENTS: &str = "INCIDENTS";
 pub const DEADLETTER: &str = "DEADLETTER";
+pub const DELIVERIES: &str = "DELIVERIES";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,12 +109,12 @@ impl Topology {
 
     fn validate(&self) -> Result<(), TopologyError> {
         let invalid = |m: String| Err(TopologyError::Invalid(m));
-        for required in [METRICS, INCIDENTS, DEADLETTER] {
+        for required in [METRICS, INCIDENTS, DELIVERIES, DEADLETTER] {
             if !self.streams.contains_key(required) {
                 return invalid(format!("stream {required} is missing"));
             }
         }
-        for required in ["evaluate", "archive", "record"] {
+        for required in ["evaluate", "archive", "record", "notify", "deliver"] {
             if !self.consumers.contains_key(required) {
                 return invalid(format!("consumer {required} is missing"));
             }

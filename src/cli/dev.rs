@@ -43,6 +43,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         allowed_lateness: Duration::from_secs(args.serve.allowed_lateness_secs),
         sample_retention: Duration::from_secs(args.serve.sample_retention_secs),
         http: args.serve.http(),
+        // A local stack calls local receivers.
+        notify: args.serve.notify(true),
     };
     let result = async {
         let app = Application::build(settings).await?;

@@ -62,6 +62,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         allowed_lateness: Duration::from_secs(args.serve.allowed_lateness_secs),
         sample_retention: Duration::from_secs(args.serve.sample_retention_secs),
         http: args.serve.http(),
+        notify: args.serve.notify(false),
     };
     let app = Application::build(settings).await?;
     if let Some(addr) = app.http_addr() {

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use consumers::notify::NotifyConfig;
 use schemas::MetricSample;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -64,6 +65,13 @@ impl Stack {
             allowed_lateness: Duration::from_secs(30),
             sample_retention: Duration::from_secs(7 * 24 * 3600),
             http: HttpConfig::default(),
+            notify: NotifyConfig {
+                // Receivers in tests listen on loopback.
+                targets: store::targets::TargetPolicy {
+                    allow_private: true,
+                },
+                ..NotifyConfig::default()
+            },
         }
     }
 
