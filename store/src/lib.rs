@@ -1,7 +1,7 @@
 //! Postgres access shared by the consumers and the API: one module per table ([`rules`],
 //! [`incidents`], [`events`], [`comments`], [`outbox`], [`services`], [`departments`],
-//! [`notifications`], [`api_keys`], [`samples`], [`rollups`]), plus connecting and migrating,
-//! and [`targets`], the policy on which URLs notification channels may call.
+//! [`notifications`], [`silences`], [`api_keys`], [`samples`], [`rollups`]), plus connecting
+//! and migrating, and [`targets`], the policy on which URLs notification channels may call.
 //!
 //! Queries are plain SQL, one small function each, taking a pool or a transaction. Writes made
 //! on behalf of the pipeline are idempotent, keyed on deterministic ids.
@@ -18,6 +18,7 @@ pub mod rollups;
 pub mod rules;
 pub mod samples;
 pub mod services;
+pub mod silences;
 pub mod targets;
 
 use std::time::Duration;

@@ -26,7 +26,7 @@ pub struct NotificationRecord {
 /// Reads a nullable severity column.
 #[derive(sqlx::Type)]
 #[sqlx(transparent)]
-struct OptionalSeverity(Option<String>);
+pub(crate) struct OptionalSeverity(Option<String>);
 
 impl TryFrom<OptionalSeverity> for Option<Severity> {
     type Error = schemas::incident::ParseEnumError;
