@@ -98,6 +98,13 @@ async fn the_api_honours_its_openapi_document_under_fuzzing() {
     store::notifications::insert(&app.pool, &notification)
         .await
         .unwrap();
+    let (status, silence) = app
+        .post(
+            "/api/silences",
+            &json!({"service_id": "S1", "recurrence": {"days": ["sat"], "start": "02:00", "duration": "4h"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{silence}");
     let config = stack.path().join("schemathesis.toml");
     let operation = |path: &str, parameters: &[(&str, &Value)]| {
         let parameters: Vec<String> = parameters
@@ -133,6 +140,7 @@ async fn the_api_honours_its_openapi_document_under_fuzzing() {
             "/api/notifications/{id}/unread",
             &[("id", &json!(notification.id.to_string()))],
         ),
+        operation("/api/silences/{id}", &[("id", &silence["data"]["id"])]),
     ]
     .concat();
     std::fs::write(&config, text).unwrap();

@@ -15,9 +15,9 @@ use crate::error::ErrorBody;
     info(
         title = "Tracely",
         description = "Streaming service-quality monitor: incidents, rules, services, metrics, \
-                       departments, notifications and API keys. Send `Authorization: Bearer <key>` \
-                       on every `/api` request; `/health`, `/ready`, `/metrics` and this document \
-                       are open."
+                       departments, notifications, silences and API keys. Send \
+                       `Authorization: Bearer <key>` on every `/api` request; `/health`, \
+                       `/ready`, `/metrics` and this document are open."
     ),
     components(schemas(ErrorBody, SortDir))
 )]

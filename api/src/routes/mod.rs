@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod notifications;
 pub mod rules;
 pub mod services;
+pub mod silences;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -25,6 +26,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(metrics::router())
         .merge(departments::router())
         .merge(notifications::router())
+        .merge(silences::router())
         .merge(keys::router())
 }
 
