@@ -21,7 +21,10 @@ pub struct DepartmentRecord {
 pub enum DepartmentError {
     #[error("a department named {0:?} already exists")]
     NameTaken(String),
-    #[error("rules still belong to this department; move or delete them first")]
+    #[error(
+        "rules still refer to this department, as their department_id or among their \
+         extra_department_ids; change or delete them first"
+    )]
     InUse,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
@@ -46,6 +49,21 @@ pub async fn exists(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
         .bind(id)
         .fetch_one(pool)
         .await
+}
+
+/// Which of `ids` name no department, in the order given.
+pub async fn missing(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<Uuid>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "SELECT id FROM unnest($1::uuid[]) WITH ORDINALITY AS given (id, n)
+         WHERE NOT EXISTS (SELECT 1 FROM departments d WHERE d.id = given.id)
+         ORDER BY n",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DepartmentRecord>, sqlx::Error> {
@@ -105,8 +123,9 @@ pub async fn replace(
     .map_err(|e| classify(e, name))
 }
 
-/// Deletes a department; services and incidents it owned keep no owner. Fails with
-/// [`DepartmentError::InUse`] while rules reference it. Returns whether it existed.
+/// Deletes a department and its notification channels; services and incidents it owned keep no
+/// owner. Fails with [`DepartmentError::InUse`] while rules reference it, as owner or as an
+/// extra department. Returns whether it existed.
 pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, DepartmentError> {
     sqlx::query("DELETE FROM departments WHERE id = $1")
         .bind(id)

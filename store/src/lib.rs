@@ -1,12 +1,14 @@
 //! Postgres access shared by the consumers and the API: one module per table ([`rules`],
 //! [`incidents`], [`events`], [`comments`], [`outbox`], [`services`], [`departments`],
-//! [`notifications`], [`silences`], [`api_keys`], [`samples`], [`rollups`]), plus connecting
-//! and migrating, and [`targets`], the policy on which URLs notification channels may call.
+//! [`notifications`], [`channels`], [`silences`], [`deliveries`], [`api_keys`], [`samples`],
+//! [`rollups`]), plus connecting and migrating, and [`targets`], the policy on which URLs
+//! notification channels may call.
 //!
 //! Queries are plain SQL, one small function each, taking a pool or a transaction. Writes made
 //! on behalf of the pipeline are idempotent, keyed on deterministic ids.
 
 pub mod api_keys;
+pub mod channels;
 pub mod comments;
 pub mod departments;
 pub mod events;

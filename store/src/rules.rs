@@ -1,5 +1,6 @@
-//! The `rules` table. Every write fires the `tracely_rules_changed` notification (a statement
-//! trigger in the schema), which evaluators listen on to reload.
+//! The `rules` table, and `rule_departments`: the departments besides its own that hear about a
+//! rule's incidents. Every write to `rules` fires the `tracely_rules_changed` notification (a
+//! statement trigger in the schema), which evaluators listen on to reload.
 
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
@@ -17,7 +18,13 @@ pub const CHANGED_CHANNEL: &str = "tracely_rules_changed";
 const COLUMNS: &str = "id, name, kind, metric_type, service_id, labels, aggregation, window_ms, \
                        operator, threshold, pending_for_ms, clear_threshold, clear_for_ms, \
                        auto_resolve, severity, department_id, enabled, trigger_count, \
-                       created_at, updated_at";
+                       created_at, updated_at, \
+                       ARRAY(SELECT rd.department_id FROM rule_departments rd \
+                             WHERE rd.rule_id = rules.id ORDER BY rd.department_id) \
+                       AS extra_department_ids";
+
+/// Most extra departments one rule may name.
+pub const MAX_EXTRA_DEPARTMENTS: usize = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RuleRecord {
@@ -48,6 +55,8 @@ pub struct RuleRecord {
     #[sqlx(try_from = "String")]
     pub severity: Severity,
     pub department_id: Option<Uuid>,
+    /// Departments besides `department_id` that hear about the rule's incidents, by id.
+    pub extra_department_ids: Vec<Uuid>,
     pub enabled: bool,
     /// How many incidents the rule has opened.
     pub trigger_count: i64,
@@ -78,6 +87,8 @@ pub struct NewRule {
     pub auto_resolve: bool,
     pub severity: Severity,
     pub department_id: Option<Uuid>,
+    /// Departments besides `department_id` to notify; repeats count once.
+    pub extra_department_ids: Vec<Uuid>,
     pub enabled: bool,
 }
 
@@ -114,6 +125,7 @@ impl NewRule {
             auto_resolve: false,
             severity,
             department_id: None,
+            extra_department_ids: Vec::new(),
             enabled: true,
         }
     }
@@ -134,6 +146,21 @@ impl NewRule {
         }
         if !self.threshold.is_finite() {
             return err("threshold", "must be a finite number".into());
+        }
+        if let Some(own) = self
+            .department_id
+            .filter(|own| self.extra_department_ids.contains(own))
+        {
+            return err(
+                "extra_department_ids",
+                format!("{own} is the rule's own department_id; list only other departments"),
+            );
+        }
+        if self.extra_department_ids.len() > MAX_EXTRA_DEPARTMENTS {
+            return err(
+                "extra_department_ids",
+                format!("at most {MAX_EXTRA_DEPARTMENTS} departments"),
+            );
         }
         for (name, value) in &self.labels {
             if let Err(reason) = schemas::series::validate_label_name(name) {
@@ -293,18 +320,25 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<RuleRecord>, sqlx::Er
         .await
 }
 
+/// Creates a rule with its extra departments. A department that does not exist fails with a
+/// foreign-key violation (SQLSTATE 23503).
 pub async fn insert(pool: &PgPool, rule: &NewRule) -> Result<RuleRecord, sqlx::Error> {
-    sqlx::query_as(&format!(
+    let mut tx = pool.begin().await?;
+    let (id,): (Uuid,) = sqlx::query_as(
         "INSERT INTO rules (id, name, metric_type, service_id, operator, threshold, severity,
                             department_id, enabled, kind, labels, aggregation, window_ms,
                             pending_for_ms, clear_threshold, clear_for_ms, auto_resolve)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
-         RETURNING {COLUMNS}"
-    ))
+         RETURNING id",
+    )
     .bind(Uuid::new_v4())
     .bind_rule(rule)
-    .fetch_one(pool)
-    .await
+    .fetch_one(&mut *tx)
+    .await?;
+    set_extra_departments(&mut tx, id, &rule.extra_department_ids).await?;
+    let record = fetch(&mut *tx, id).await?;
+    tx.commit().await?;
+    Ok(record)
 }
 
 /// Replaces every editable field of a rule (the API merges a PATCH onto the current record
@@ -314,17 +348,72 @@ pub async fn update(
     id: Uuid,
     rule: &NewRule,
 ) -> Result<Option<RuleRecord>, sqlx::Error> {
-    sqlx::query_as(&format!(
+    let mut tx = pool.begin().await?;
+    let updated: Option<(Uuid,)> = sqlx::query_as(
         "UPDATE rules SET name = $2, metric_type = $3, service_id = $4, operator = $5,
                 threshold = $6, severity = $7, department_id = $8, enabled = $9, kind = $10,
                 labels = $11, aggregation = $12, window_ms = $13, pending_for_ms = $14,
                 clear_threshold = $15, clear_for_ms = $16, auto_resolve = $17,
                 updated_at = now()
-         WHERE id = $1 RETURNING {COLUMNS}"
-    ))
+         WHERE id = $1 RETURNING id",
+    )
     .bind(id)
     .bind_rule(rule)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if updated.is_none() {
+        return Ok(None);
+    }
+    set_extra_departments(&mut tx, id, &rule.extra_department_ids).await?;
+    let record = fetch(&mut *tx, id).await?;
+    tx.commit().await?;
+    Ok(Some(record))
+}
+
+/// Makes `departments` the rule's extra departments, exactly.
+async fn set_extra_departments(
+    tx: &mut sqlx::PgConnection,
+    rule_id: Uuid,
+    departments: &[Uuid],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM rule_departments WHERE rule_id = $1 AND department_id <> ALL($2)")
+        .bind(rule_id)
+        .bind(departments)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO rule_departments (rule_id, department_id)
+         SELECT DISTINCT $1::uuid, department_id FROM unnest($2::uuid[]) AS department_id
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(rule_id)
+    .bind(departments)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn fetch<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    id: Uuid,
+) -> Result<RuleRecord, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM rules WHERE id = $1"))
+        .bind(id)
+        .fetch_one(executor)
+        .await
+}
+
+/// The departments besides its own that hear about a rule's incidents, by id; empty for a rule
+/// that names none or does not exist.
+pub async fn extra_departments<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    rule_id: Uuid,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT department_id FROM rule_departments WHERE rule_id = $1 ORDER BY department_id",
+    )
+    .bind(rule_id)
+    .fetch_all(executor)
     .await
 }
 

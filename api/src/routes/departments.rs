@@ -135,8 +135,9 @@ pub async fn replace(
     Ok(envelope::data(record))
 }
 
-/// Deletes a department. Services and incidents it owned are left without an owner; while
-/// rules still reference it, it cannot be deleted.
+/// Deletes a department and its notification channels. Services and incidents it owned are
+/// left without an owner; while rules still reference it, as their department or as an extra
+/// department, it cannot be deleted.
 #[utoipa::path(delete, path = "/departments/{id}", tag = "departments",
     params(("id" = Uuid, Path, description = "The department's id.")),
     responses(

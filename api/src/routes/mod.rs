@@ -1,5 +1,6 @@
 //! Handlers, one module per resource. Each module's `router` registers its documented routes.
 
+pub mod channels;
 pub mod departments;
 pub mod health;
 pub mod home;
@@ -25,6 +26,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(services::router())
         .merge(metrics::router())
         .merge(departments::router())
+        .merge(channels::router())
         .merge(notifications::router())
         .merge(silences::router())
         .merge(keys::router())

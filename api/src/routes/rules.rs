@@ -70,6 +70,11 @@ pub struct RuleBody {
     pub severity: Severity,
     #[serde(default)]
     pub department_id: Option<Uuid>,
+    /// Departments besides `department_id` that hear about the rule's incidents. Each must
+    /// exist, and the rule's own department may not be listed; repeats count once.
+    #[serde(default)]
+    #[schema(max_items = 100)]
+    pub extra_department_ids: Vec<Uuid>,
     #[serde(default = "enabled_by_default")]
     pub enabled: bool,
 }
@@ -99,6 +104,9 @@ pub struct RulePatch {
     #[schema(nullable = false)]
     severity: Option<Severity>,
     department_id: Option<Uuid>,
+    /// Replaces the whole list; `[]` clears it.
+    #[schema(nullable = false, max_items = 100)]
+    extra_department_ids: Option<Vec<Uuid>>,
     #[schema(nullable = false)]
     enabled: Option<bool>,
 }
@@ -119,6 +127,7 @@ const EDITABLE: &[&str] = &[
     "auto_resolve",
     "severity",
     "department_id",
+    "extra_department_ids",
     "enabled",
 ];
 
@@ -180,6 +189,7 @@ impl RuleBody {
             auto_resolve: self.auto_resolve,
             severity: self.severity,
             department_id: self.department_id,
+            extra_department_ids: self.extra_department_ids,
             enabled: self.enabled,
         })
     }
@@ -355,7 +365,7 @@ fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("rule {id} not found"))
 }
 
-/// Validates the rule and that its department exists.
+/// Validates the rule and that its departments exist.
 async fn checked(state: &AppState, rule: NewRule) -> Result<NewRule, ApiError> {
     rule.validate()
         .map_err(|e| ApiError::invalid_field(e.field, e.reason))?;
@@ -366,6 +376,13 @@ async fn checked(state: &AppState, rule: NewRule) -> Result<NewRule, ApiError> {
                 format!("department {department} does not exist"),
             ));
         }
+    }
+    let missing = store::departments::missing(&state.pool, &rule.extra_department_ids).await?;
+    if let Some(department) = missing.first() {
+        return Err(ApiError::invalid_field(
+            "extra_department_ids",
+            format!("department {department} does not exist"),
+        ));
     }
     Ok(rule)
 }
@@ -387,6 +404,7 @@ fn editable_fields(r: &RuleRecord) -> Value {
         "auto_resolve": r.auto_resolve,
         "severity": r.severity,
         "department_id": r.department_id,
+        "extra_department_ids": r.extra_department_ids,
         "enabled": r.enabled,
     })
 }
