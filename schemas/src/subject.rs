@@ -6,6 +6,7 @@ use crate::sample::{validate_metric_type, validate_service_id};
 
 pub const METRICS_PREFIX: &str = "metrics";
 pub const INCIDENTS_PREFIX: &str = "incidents";
+pub const DELIVERIES_PREFIX: &str = "deliveries";
 pub const DEADLETTER_PREFIX: &str = "deadletter";
 
 /// Why a subject is not a valid metrics subject.
@@ -44,6 +45,11 @@ pub fn parse_metrics_subject(subject: &str) -> Result<(&str, &str), SubjectError
 
 pub fn incidents_subject(service_id: &str, kind: &str) -> String {
     format!("{INCIDENTS_PREFIX}.{service_id}.{kind}")
+}
+
+/// The job to send delivery work for one channel.
+pub fn deliveries_subject(channel_id: &uuid::Uuid) -> String {
+    format!("{DELIVERIES_PREFIX}.{channel_id}")
 }
 
 pub fn deadletter_subject(stream: &str, consumer: &str) -> String {

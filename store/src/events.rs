@@ -9,6 +9,8 @@ use crate::{Page, Sort, SortField};
 
 /// Who made a change that the pipeline made by itself.
 pub const PIPELINE_ACTOR: &str = "pipeline";
+/// The actor of notification events and reminders.
+pub const NOTIFIER_ACTOR: &str = "notifier";
 
 /// One entry of an incident's timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
@@ -16,7 +18,9 @@ pub struct EventRecord {
     pub id: Uuid,
     pub incident_id: Uuid,
     /// `CREATED` and `RESOLVED` from the pipeline; `STATUS_CHANGED`, `SEVERITY_CHANGED`,
-    /// `ASSIGNED`, `COMMENTED` and `COMMENT_DELETED` from people.
+    /// `ASSIGNED`, `COMMENTED` and `COMMENT_DELETED` from people; `NOTIFIED`,
+    /// `NOTIFICATION_FAILED` and `NOTIFICATION_SUPPRESSED` from the notifier, one per attempt,
+    /// with a readable `summary` in `data`.
     pub kind: String,
     pub at: DateTime<Utc>,
     /// `pipeline`, or the API key that made the change as `key:<name>`.
@@ -57,6 +61,28 @@ pub async fn insert<'e>(
     sqlx::query(
         "INSERT INTO incident_events (id, incident_id, kind, at, actor, data, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp()) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(event.id)
+    .bind(event.incident_id)
+    .bind(event.kind)
+    .bind(event.at)
+    .bind(event.actor)
+    .bind(&event.data)
+    .execute(executor)
+    .await
+    .map(|_| ())
+}
+
+/// Like [`insert`], but writes nothing when the incident does not exist (any more).
+pub async fn insert_if_incident_exists<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    event: &NewEvent<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO incident_events (id, incident_id, kind, at, actor, data, created_at)
+         SELECT $1, $2, $3, $4, $5, $6, clock_timestamp()
+         WHERE EXISTS (SELECT 1 FROM incidents WHERE id = $2)
+         ON CONFLICT (id) DO NOTHING",
     )
     .bind(event.id)
     .bind(event.incident_id)

@@ -10,6 +10,7 @@
 pub mod api_keys;
 pub mod channels;
 pub mod comments;
+pub mod deliveries;
 pub mod departments;
 pub mod events;
 pub mod incidents;

@@ -144,7 +144,10 @@ pub struct NewNotification {
 }
 
 /// Inserts the notification unless one with its id exists; returns whether it was new.
-pub async fn insert(pool: &PgPool, n: &NewNotification) -> Result<bool, sqlx::Error> {
+pub async fn insert<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    n: &NewNotification,
+) -> Result<bool, sqlx::Error> {
     sqlx::query(
         "INSERT INTO notifications (id, department_id, incident_id, kind, severity, title, body)
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
@@ -156,7 +159,7 @@ pub async fn insert(pool: &PgPool, n: &NewNotification) -> Result<bool, sqlx::Er
     .bind(n.severity.map(|s| s.as_str()))
     .bind(&n.title)
     .bind(&n.body)
-    .execute(pool)
+    .execute(executor)
     .await
     .map(|r| r.rows_affected() == 1)
 }
