@@ -9,6 +9,8 @@ use anyhow::{bail, Context as _};
 use async_nats::jetstream;
 use consumers::archive::Archiver;
 use consumers::evaluate::Evaluator;
+use consumers::notify::deliver::Deliverer;
+use consumers::notify::fanout::Notifier;
 use consumers::notify::NotifyConfig;
 use consumers::record::Recorder;
 use consumers::Topology;
@@ -56,6 +58,9 @@ impl Application {
     /// dependency stays unreachable for 30 seconds, when the server is too old, or when the
     /// address cannot be bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        if settings.roles.contains(&Role::Notify) {
+            check_delivery_timeout(&settings)?;
+        }
         let nats = connect_nats(&settings.nats_url).await?;
         let js = jetstream::new(nats.clone());
         let pool = store::connect_lazy(&settings.database_url, settings.db_max_connections)
@@ -139,6 +144,19 @@ impl Application {
             );
             let token = stop.clone();
             tasks.spawn(async move { ("archive", archiver.run_until_stopped(token).await) });
+        }
+        if settings.roles.contains(&Role::Notify) {
+            let notifier = Notifier::new(js.clone(), pool.clone(), &settings.topology);
+            let token = stop.clone();
+            tasks.spawn(async move { ("notify", notifier.run_until_stopped(token).await) });
+            let deliverer = Deliverer::new(
+                js.clone(),
+                pool.clone(),
+                &settings.topology,
+                settings.notify,
+            );
+            let token = stop.clone();
+            tasks.spawn(async move { ("deliver", deliverer.run_until_stopped(token).await) });
         }
         {
             let (js, pool, topology) = (js.clone(), pool.clone(), settings.topology.clone());
@@ -305,6 +323,22 @@ pub async fn migrate_only(database_url: &str) -> anyhow::Result<()> {
     let pool = store::connect_lazy(database_url, 2).context("invalid DATABASE_URL")?;
     migrate_when_reachable(&pool).await?;
     pool.close().await;
+    Ok(())
+}
+
+/// A job must not be handed to another sender while its request may still be under way.
+fn check_delivery_timeout(settings: &Settings) -> anyhow::Result<()> {
+    let ack_wait = settings
+        .topology
+        .consumer(consumers::notify::deliver::CONSUMER)
+        .ack_wait_secs;
+    let timeout = settings.notify.timeout.as_secs();
+    if ack_wait <= timeout + 5 {
+        bail!(
+            "the deliver consumer's ack_wait_secs ({ack_wait}) must exceed the webhook timeout \
+             ({timeout} s, TRACELY_WEBHOOK_TIMEOUT_SECS) by more than 5 s"
+        );
+    }
     Ok(())
 }
 

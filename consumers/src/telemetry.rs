@@ -119,3 +119,24 @@ pub fn db_pool(size: u32, idle: usize, max: u32) {
 pub fn detection_latency(seconds: f64) {
     histogram!("tracely_detection_latency_seconds").record(seconds.max(0.0));
 }
+
+/// A notification reached an end: `delivered`, `failed`, `suppressed` or `cancelled`, per
+/// channel type.
+pub fn notification(channel_type: &'static str, outcome: &'static str) {
+    counter!("tracely_notifications_total", "channel_type" => channel_type, "outcome" => outcome)
+        .increment(1);
+}
+
+/// One attempt to send a webhook or Slack message, by outcome (`ok`, `http_error`, `timeout`,
+/// `network`, `refused`), with its duration.
+pub fn delivery_attempt(channel_type: &'static str, outcome: &'static str, seconds: f64) {
+    counter!("tracely_delivery_attempts_total", "channel_type" => channel_type, "outcome" => outcome)
+        .increment(1);
+    histogram!("tracely_delivery_attempt_duration_seconds", "channel_type" => channel_type)
+        .record(seconds);
+}
+
+/// An incident event whose incident belongs to no department, so nobody was notified.
+pub fn unrouted() {
+    counter!("tracely_notifications_unrouted_total").increment(1);
+}

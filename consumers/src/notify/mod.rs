@@ -33,3 +33,9 @@ impl Default for NotifyConfig {
         }
     }
 }
+
+pub mod deliver;
+pub mod fanout;
+pub mod payload;
+pub mod send;
+pub mod timeline;
