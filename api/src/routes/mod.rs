@@ -1,6 +1,7 @@
 //! Handlers, one module per resource. Each module's `router` registers its documented routes.
 
 pub mod channels;
+pub mod deliveries;
 pub mod departments;
 pub mod health;
 pub mod home;
@@ -29,6 +30,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(channels::router())
         .merge(notifications::router())
         .merge(silences::router())
+        .merge(deliveries::router())
         .merge(keys::router())
 }
 
