@@ -48,6 +48,8 @@ fi
 
 # --- Python and pip ---------------------------------------------------------
 command -v python3 >/dev/null 2>&1 || apt_install python3
+# The notification tests check the README's shell signature verification.
+command -v openssl >/dev/null 2>&1 || apt_install openssl
 if ! python3 -m pip --version >/dev/null 2>&1; then
     apt_install python3-pip
 fi

@@ -45,16 +45,22 @@ async fn migrate_creates_the_schema() {
         tables,
         [
             "api_keys",
+            "deliveries",
+            "delivery_attempts",
+            "delivery_items",
             "departments",
             "incident_comments",
             "incident_events",
             "incidents",
             "metric_rollups",
             "metric_samples",
+            "notification_channels",
             "notifications",
             "outbox",
+            "rule_departments",
             "rules",
-            "services"
+            "services",
+            "silences"
         ]
     );
 }
