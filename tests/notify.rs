@@ -868,3 +868,142 @@ async fn a_kill_between_sending_and_acking_sends_at_most_once_more_with_the_same
     let _ = sender.wait().await;
     app.stop().await;
 }
+
+#[tokio::test]
+async fn an_incident_left_open_is_notified_again_after_the_repeat_interval() {
+    let stack = Stack::start().await;
+    let app = App::start(&stack).await;
+    let receiver = Receiver::start().await;
+    let (dept, channel) = department_with_webhook(
+        &app,
+        "Network",
+        &receiver.url("net"),
+        json!({ "repeat_interval": "1m" }),
+    )
+    .await;
+    latency_rule(&app, &dept, json!({})).await;
+    let js = stack.js().await;
+    publish(
+        &js,
+        &[sample(
+            "paycell",
+            "LATENCY_MS",
+            420.0,
+            "2026-11-23T10:00:00Z",
+        )],
+    )
+    .await;
+    receiver.wait_for("net", 1, PATIENCE).await;
+
+    // Let a minute pass for the channel, as far as its record of the opening goes.
+    sqlx::query(
+        "UPDATE delivery_items SET created_at = now() - interval '61 seconds'
+         WHERE channel_id = $1::uuid AND kind = 'opened'",
+    )
+    .bind(&channel)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let got = receiver.wait_for("net", 2, PATIENCE).await;
+    let reminder = got[1].json();
+    assert_eq!(reminder["events"][0]["kind"], "reminder");
+    assert_eq!(reminder["events"][0]["actor"], "notifier");
+    assert_ne!(
+        got[0].header("idempotency-key"),
+        got[1].header("idempotency-key")
+    );
+
+    // The same interval is not reminded twice, and nothing is reminded once work starts.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(receiver.received("net").len(), 2);
+    let incident = reminder["events"][0]["incident"]["id"].as_str().unwrap();
+    let (status, body) = app
+        .patch(
+            &format!("/api/incidents/{incident}"),
+            &json!({"status": "IN_PROGRESS"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    receiver.wait_for("net", 3, PATIENCE).await;
+    sqlx::query(
+        "UPDATE delivery_items SET created_at = now() - interval '200 seconds'
+         WHERE channel_id = $1::uuid AND kind = 'opened'",
+    )
+    .bind(&channel)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let kinds: Vec<String> = receiver
+        .received("net")
+        .iter()
+        .map(|r| r.json()["events"][0]["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["opened", "reminder", "status_changed"]);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_private_target_is_refused_at_send_time_when_not_allowed() {
+    let stack = Stack::start().await;
+    let mut settings = stack.settings(&Role::ALL);
+    settings.notify.targets.allow_private = false;
+    let app = App::start_with(settings).await;
+    let receiver = Receiver::start().await;
+    // Saved while it pointed elsewhere, say, and now resolving to loopback: written straight to
+    // the table, since the API refuses it.
+    let (status, dept) = app
+        .post("/api/departments", &json!({ "name": "Network" }))
+        .await;
+    assert_eq!(status, 201);
+    let dept = dept["data"]["id"].as_str().unwrap().to_owned();
+    let url = format!("http://localhost:{}/net", receiver.addr.port());
+    let (status, refused) = app
+        .post(
+            &format!("/api/departments/{dept}/channels"),
+            &json!({"type": "webhook", "url": url, "secret": SECRET}),
+        )
+        .await;
+    assert_eq!(status, 422, "the API refuses it: {refused}");
+    sqlx::query(
+        "INSERT INTO notification_channels (id, department_id, name, kind, url, secret)
+         VALUES (gen_random_uuid(), $1::uuid, 'sneaky', 'webhook', $2, $3)",
+    )
+    .bind(&dept)
+    .bind(&url)
+    .bind(SECRET)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    latency_rule(&app, &dept, json!({})).await;
+    let js = stack.js().await;
+    publish(
+        &js,
+        &[sample(
+            "paycell",
+            "LATENCY_MS",
+            420.0,
+            "2026-11-23T10:00:00Z",
+        )],
+    )
+    .await;
+
+    let (attempts, error): (i32, Option<String>) =
+        eventually("the delivery to be refused", PATIENCE, || async {
+            let row: (String, i32, Option<String>) = sqlx::query_as(
+                "SELECT state, attempts, last_error FROM deliveries WHERE service_id = 'paycell'",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .ok()?;
+            (row.0 == "failed").then_some((row.1, row.2))
+        })
+        .await;
+    assert_eq!(attempts, 1, "a refused target is not retried");
+    assert!(
+        error.unwrap().contains("TRACELY_WEBHOOK_ALLOW_PRIVATE"),
+        "the reason says how to allow it"
+    );
+    assert!(receiver.received("net").is_empty(), "nothing reached it");
+    app.stop().await;
+}
