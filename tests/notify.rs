@@ -1007,3 +1007,43 @@ async fn a_private_target_is_refused_at_send_time_when_not_allowed() {
     assert!(receiver.received("net").is_empty(), "nothing reached it");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn slack_channels_get_slacks_message_format() {
+    let stack = Stack::start().await;
+    let app = App::start(&stack).await;
+    let receiver = Receiver::start().await;
+    let (status, dept) = app
+        .post("/api/departments", &json!({ "name": "Network" }))
+        .await;
+    assert_eq!(status, 201);
+    let dept = dept["data"]["id"].as_str().unwrap().to_owned();
+    let (status, channel) = app
+        .post(
+            &format!("/api/departments/{dept}/channels"),
+            &json!({"type": "slack", "url": receiver.url("slack")}),
+        )
+        .await;
+    assert_eq!(status, 201, "{channel}");
+    latency_rule(&app, &dept, json!({})).await;
+    let js = stack.js().await;
+    publish(
+        &js,
+        &[sample(
+            "paycell",
+            "LATENCY_MS",
+            420.0,
+            "2026-11-23T10:00:00Z",
+        )],
+    )
+    .await;
+    let request = receiver.wait_for("slack", 1, PATIENCE).await.remove(0);
+    let message = request.json();
+    let text = message["text"].as_str().unwrap();
+    assert!(text.contains("[HIGH]") && text.contains("opened"), "{text}");
+    let section = message["blocks"][0]["text"]["text"].as_str().unwrap();
+    assert!(section.contains("LATENCY_MS"), "{section}");
+    assert!(!request.body.is_empty());
+    assert!(!request.header("idempotency-key").is_empty());
+    app.stop().await;
+}
