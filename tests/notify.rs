@@ -416,6 +416,24 @@ async fn failures_are_retried_under_one_idempotency_key() {
         .unwrap();
     assert_eq!(state, "delivered");
 
+    // The delivery log shows the same.
+    let (status, detail) = app.get(&format!("/api/deliveries/{delivery}")).await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(detail["data"]["state"], "delivered");
+    let codes: Vec<&Value> = detail["data"]["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["status_code"])
+        .collect();
+    assert_eq!(codes, [&json!(500), &json!(500), &json!(200)]);
+    assert_eq!(detail["data"]["items"][0]["kind"], "opened");
+    let (status, list) = app.get("/api/deliveries?state=delivered").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["meta"]["total"], 1);
+    let (status, _) = app.get("/api/deliveries?state=lost").await;
+    assert_eq!(status, 400);
+
     let incident = got[0].json()["events"][0]["incident"]["id"]
         .as_str()
         .unwrap()
