@@ -110,7 +110,7 @@ pub fn is_private(addr: IpAddr) -> bool {
 }
 
 fn is_private_v4(v4: Ipv4Addr) -> bool {
-    let [a, b, ..] = v4.octets();
+    let [a, b, c, _] = v4.octets();
     v4.is_loopback()
         || v4.is_private()
         || v4.is_link_local()
@@ -122,19 +122,30 @@ fn is_private_v4(v4: Ipv4Addr) -> bool {
         || (a == 100 && (b & 0xc0) == 64)
         // 198.18.0.0/15, benchmarking
         || (a == 198 && (b & 0xfe) == 18)
+        // 192.0.0.0/24, protocol assignments
+        || (a == 192 && b == 0 && c == 0)
         // 240.0.0.0/4, reserved
         || a >= 240
 }
 
 fn is_private_v6(v6: Ipv6Addr) -> bool {
-    let first = v6.segments()[0];
+    let s = v6.segments();
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
     v6.is_loopback()
         || v6.is_unspecified()
         || v6.is_multicast()
         // fc00::/7, unique local
-        || (first & 0xfe00) == 0xfc00
-        // fe80::/10, link-local
-        || (first & 0xffc0) == 0xfe80
+        || (s[0] & 0xfe00) == 0xfc00
+        // fe80::/10, link-local, and fec0::/10, the old site-local
+        || (s[0] & 0xffc0) == 0xfe80
+        || (s[0] & 0xffc0) == 0xfec0
+        // 64:ff9b::/96 and 64:ff9b:1::/48, NAT64, reach the IPv4 address they embed
+        || (s[0] == 0x64 && s[1] == 0xff9b && is_private_v4(embedded(s[6], s[7])))
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+        // 2002::/16, 6to4, embeds an IPv4 address in its next 32 bits
+        || (s[0] == 0x2002 && is_private_v4(embedded(s[1], s[2])))
+        // ::a.b.c.d, the deprecated IPv4-compatible form
+        || (s[..6] == [0; 6] && is_private_v4(embedded(s[6], s[7])))
 }
 
 #[cfg(test)]
@@ -167,6 +178,14 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "64:ff9b::7f00:1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b:1::1",
+            "2002:7f00:1::1",
+            "2002:c0a8:101::1",
+            "fec0::1",
+            "::127.0.0.1",
+            "192.0.0.8",
         ] {
             assert!(
                 is_private(addr.parse().unwrap()),
@@ -179,6 +198,8 @@ mod tests {
             "172.32.0.1",
             "100.128.0.1",
             "2606:4700::1111",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
         ] {
             assert!(
                 !is_private(addr.parse().unwrap()),

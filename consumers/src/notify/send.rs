@@ -74,6 +74,8 @@ impl Sender {
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve the host itself, past the address checks.
+            .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: config.targets,
             }))
@@ -136,7 +138,8 @@ impl Sender {
             Ok(response) => response,
             Err(e) => {
                 let outcome = classify_error(&e);
-                return failed(outcome, error_chain(&e));
+                // The URL may carry a token (Slack's do); the log shows only the target.
+                return failed(outcome, error_chain(&e.without_url()));
             }
         };
         let status = response.status();
