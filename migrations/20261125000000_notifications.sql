@@ -57,8 +57,10 @@ CREATE TABLE silences (
 
 CREATE INDEX silences_ends_idx ON silences (ends_at);
 
--- One outgoing message to one channel; its id is the Idempotency-Key. A delivery collects
--- items while `grouping` (until `due_at`), is `sending` from its first attempt, and ends
+-- One outgoing message to one channel; its id is the Idempotency-Key. A grouped delivery
+-- collects items while `grouping` (until `due_at`); from its first attempt, or from the start
+-- without grouping, it is `sending` (`due_at` is then when the next attempt may start, which
+-- enforces the backoff); it ends
 -- `delivered`, `failed` (after the last attempt), `suppressed` (by `silence_id`) or
 -- `cancelled` (its channel was deleted or disabled). `body` is frozen at the first attempt so
 -- every retry sends the same bytes.
@@ -82,7 +84,10 @@ CREATE TABLE deliveries (
     finished_at     timestamptz
 );
 
-CREATE INDEX deliveries_grouping_idx ON deliveries (channel_id, service_id) WHERE state = 'grouping';
+-- At most one group collecting per channel and service, however many notifiers race.
+CREATE UNIQUE INDEX deliveries_grouping_idx ON deliveries (channel_id, service_id) WHERE state = 'grouping';
+-- The notifier's sweep for deliveries whose job was lost.
+CREATE INDEX deliveries_unfinished_idx ON deliveries (due_at) WHERE state IN ('grouping', 'sending');
 CREATE INDEX deliveries_created_idx ON deliveries (created_at DESC, id DESC);
 
 -- What a delivery tells: one transition of one incident each. The key makes fan-out

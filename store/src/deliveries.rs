@@ -13,7 +13,7 @@ use uuid::Uuid;
 pub enum DeliveryState {
     /// Collecting items until `due_at`.
     Grouping,
-    /// Attempted at least once, not finished.
+    /// Waiting for its first or next attempt, or being attempted.
     Sending,
     Delivered,
     /// Gave up after the last attempt, or on a failure that retrying cannot fix.
@@ -112,15 +112,18 @@ pub struct NewDelivery<'a> {
     pub due_at: DateTime<Utc>,
 }
 
+/// Creates the delivery; returns false when it is a group and the channel already has one
+/// collecting for the service (another notifier made it first).
 pub async fn create<'e>(
     executor: impl PgExecutor<'e>,
     d: &NewDelivery<'_>,
-) -> Result<(), sqlx::Error> {
+) -> Result<bool, sqlx::Error> {
     let finished = d.state.is_finished();
     sqlx::query(
         "INSERT INTO deliveries (id, channel_id, channel_kind, channel_name, department_id,
                                  service_id, state, silence_id, due_at, finished_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $10 THEN now() END)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, CASE WHEN $10 THEN now() END)
+         ON CONFLICT (channel_id, service_id) WHERE state = 'grouping' DO NOTHING",
     )
     .bind(d.id)
     .bind(d.channel_id)
@@ -134,7 +137,7 @@ pub async fn create<'e>(
     .bind(finished)
     .execute(executor)
     .await
-    .map(|_| ())
+    .map(|r| r.rows_affected() == 1)
 }
 
 pub async fn delete<'e>(executor: impl PgExecutor<'e>, id: Uuid) -> Result<(), sqlx::Error> {
@@ -155,8 +158,9 @@ pub async fn get<'e>(
         .await
 }
 
-/// The channel's delivery for `service_id` that is still collecting items, locked for the
-/// transaction so that it is not sent while an item joins it.
+/// The channel's delivery for `service_id` that is still collecting items (even one past its
+/// `due_at` that no sender has sealed yet), locked for the transaction so that it is not sealed
+/// while an item joins it.
 pub async fn open_group(
     tx: &mut PgConnection,
     channel_id: Uuid,
@@ -164,8 +168,8 @@ pub async fn open_group(
 ) -> Result<Option<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM deliveries
-         WHERE channel_id = $1 AND service_id = $2 AND state = 'grouping' AND due_at > now()
-         ORDER BY due_at LIMIT 1 FOR UPDATE",
+         WHERE channel_id = $1 AND service_id = $2 AND state = 'grouping'
+         FOR UPDATE",
     )
     .bind(channel_id)
     .bind(service_id)
@@ -330,20 +334,51 @@ pub struct AttemptResult<'a> {
 }
 
 /// Records how an attempt ended and moves the delivery on: to `delivered`, to `failed` when
-/// `last`, or back to waiting for the next attempt (lease released).
+/// `last`, or back to waiting until `retry_after` has passed (the backoff, enforced here so
+/// that however many jobs name the delivery, none attempts it sooner). Returns false, writing
+/// nothing, when the attempt is no longer the delivery's latest: its lease ran out and another
+/// sender took over.
 pub async fn finish_attempt(
     tx: &mut PgConnection,
     id: Uuid,
     attempt: i32,
     result: &AttemptResult<'_>,
     last: bool,
-) -> Result<(), sqlx::Error> {
+    retry_after: std::time::Duration,
+) -> Result<bool, sqlx::Error> {
     let status = result.status_code.map(i32::from);
     let latency_ms = i32::try_from(result.latency.as_millis()).unwrap_or(i32::MAX);
+    let state = if result.outcome == "ok" {
+        DeliveryState::Delivered
+    } else if last {
+        DeliveryState::Failed
+    } else {
+        DeliveryState::Sending
+    };
+    let moved = sqlx::query(
+        "UPDATE deliveries SET state = $3, last_status = $4, last_error = $5, lease_until = NULL,
+                due_at = CASE WHEN $6 THEN due_at ELSE now() + make_interval(secs => $7) END,
+                finished_at = CASE WHEN $6 THEN now() END
+         WHERE id = $1 AND attempts = $2 AND state = 'sending'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(state.as_str())
+    .bind(status)
+    .bind(result.error)
+    .bind(state.is_finished())
+    .bind(retry_after.as_secs_f64())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !moved {
+        return Ok(false);
+    }
     sqlx::query(
         "UPDATE delivery_attempts SET outcome = $3, status_code = $4, latency_ms = $5, error = $6,
                 finished_at = now()
-         WHERE delivery_id = $1 AND attempt = $2",
+         WHERE delivery_id = $1 AND attempt = $2 AND outcome = 'in_flight'",
     )
     .bind(id)
     .bind(attempt)
@@ -353,26 +388,27 @@ pub async fn finish_attempt(
     .bind(result.error)
     .execute(&mut *tx)
     .await?;
-    let state = if result.outcome == "ok" {
-        DeliveryState::Delivered
-    } else if last {
-        DeliveryState::Failed
-    } else {
-        DeliveryState::Sending
-    };
-    sqlx::query(
-        "UPDATE deliveries SET state = $2, last_status = $3, last_error = $4, lease_until = NULL,
-                finished_at = CASE WHEN $5 THEN now() END
-         WHERE id = $1",
+    Ok(true)
+}
+
+/// Unfinished deliveries whose next attempt is more than `overdue` late and that no sender
+/// holds: their job was lost (a crash between commit and publish). At most `limit`.
+pub async fn stalled<'e>(
+    executor: impl PgExecutor<'e>,
+    overdue: std::time::Duration,
+    limit: i64,
+) -> Result<Vec<(Uuid, Uuid)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, channel_id FROM deliveries
+         WHERE state IN ('grouping', 'sending') AND channel_id IS NOT NULL
+           AND due_at < now() - make_interval(secs => $1)
+           AND (lease_until IS NULL OR lease_until < now())
+         ORDER BY due_at LIMIT $2",
     )
-    .bind(id)
-    .bind(state.as_str())
-    .bind(status)
-    .bind(result.error)
-    .bind(state.is_finished())
-    .execute(&mut *tx)
+    .bind(overdue.as_secs_f64())
+    .bind(limit)
+    .fetch_all(executor)
     .await
-    .map(|_| ())
 }
 
 /// Records a delivered in-app notification: a finished attempt, written at fan-out.

@@ -109,10 +109,17 @@ impl Deliverer {
 
 impl BatchHandler for Deliverer {
     async fn handle(&mut self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
-        for msg in batch {
+        let mut batch = batch.into_iter();
+        while let Some(msg) = batch.next() {
             let permit = tokio::select! {
                 permit = self.slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    // Hand back what was not started, so another process takes it at once.
+                    for msg in std::iter::once(msg).chain(batch) {
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    }
+                    return;
+                }
             };
             let shared = self.shared.clone();
             self.running.spawn(async move {
@@ -264,15 +271,35 @@ impl Shared {
             .unwrap_or(false);
         let ok = attempt.outcome == send::Outcome::Ok;
         let last = !ok && (!attempt.outcome.is_retryable() || !attempts_left);
-        self.record(
-            &delivery,
-            &channel,
-            &department,
-            claim.attempt,
-            &attempt,
+        let backoff = self.spec.nak_delay(i64::from(claim.attempt));
+        let outcome = Recorded {
+            attempt: claim.attempt,
+            result: &attempt,
             last,
-        )
-        .await?;
+            backoff,
+        };
+        // The request went out: its outcome must be recorded, or it would be sent again.
+        let mut delay = Duration::from_millis(200);
+        let recorded = loop {
+            match self
+                .record(&delivery, &channel, &department, &outcome)
+                .await
+            {
+                Ok(recorded) => break recorded,
+                Err(e) if is_transient_db_error(&e) => {
+                    telemetry::retried(CONSUMER, "record_attempt");
+                    tracing::warn!(delivery = %id, error = %e, "recording an attempt failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        if !recorded {
+            tracing::warn!(delivery = %id, attempt = claim.attempt, "another sender took the delivery over while this attempt ran");
+            return Ok(Step::Ack);
+        }
         if ok {
             telemetry::notification(channel.kind.as_str(), "delivered");
             Ok(Step::Ack)
@@ -285,22 +312,25 @@ impl Shared {
             );
             Ok(Step::GiveUp(reason))
         } else {
-            let attempt_no = i64::from(claim.attempt);
-            Ok(Step::Retry(self.spec.nak_delay(attempt_no)))
+            Ok(Step::Retry(backoff))
         }
     }
 
     /// Records the attempt and puts it on the timeline of every incident the delivery tells
-    /// about.
+    /// about; false when the attempt was superseded by another sender's.
     async fn record(
         &self,
         delivery: &DeliveryRecord,
         channel: &Channel,
         department: &str,
-        attempt: i32,
-        result: &send::Attempt,
-        last: bool,
-    ) -> Result<(), sqlx::Error> {
+        recorded: &Recorded<'_>,
+    ) -> Result<bool, sqlx::Error> {
+        let Recorded {
+            attempt,
+            result,
+            last,
+            backoff,
+        } = *recorded;
         let department = if department.is_empty() {
             "a department"
         } else {
@@ -328,7 +358,7 @@ impl Shared {
             )
         };
         let mut tx = self.pool.begin().await?;
-        deliveries::finish_attempt(
+        let moved = deliveries::finish_attempt(
             &mut tx,
             delivery.id,
             attempt,
@@ -339,8 +369,12 @@ impl Shared {
                 error: result.error.as_deref(),
             },
             last,
+            backoff,
         )
         .await?;
+        if !moved {
+            return Ok(false);
+        }
         let mut incidents: Vec<Uuid> = deliveries::items(&mut *tx, delivery.id)
             .await?
             .into_iter()
@@ -375,8 +409,19 @@ impl Shared {
             )
             .await?;
         }
-        tx.commit().await
+        tx.commit().await?;
+        Ok(true)
     }
+}
+
+/// How an attempt went, to record.
+#[derive(Clone, Copy)]
+struct Recorded<'a> {
+    attempt: i32,
+    result: &'a send::Attempt,
+    last: bool,
+    /// When it failed and is not the last: how long until the next attempt.
+    backoff: Duration,
 }
 
 /// What to do with a job.

@@ -42,11 +42,11 @@ pub const CONSUMER: &str = "notify";
 /// handed back for a later delivery.
 const RECORD_POLLS: usize = 20;
 const RECORD_POLL: Duration = Duration::from_millis(50);
-/// Deliveries an event waits for `record` to write its incident before giving up on it.
-const RECORD_PATIENCE: i64 = 30;
 /// How often reminders are looked for, and most made per look.
 const REMINDER_EVERY: Duration = Duration::from_secs(5);
 const REMINDER_BATCH: i64 = 200;
+/// How often deliveries whose job was lost are looked for.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 pub struct Notifier {
     js: jetstream::Context,
@@ -54,6 +54,10 @@ pub struct Notifier {
     spec: ConsumerSpec,
     dead_letters: DeadLetters,
     last_reminders: std::time::Instant,
+    last_sweep: std::time::Instant,
+    /// How late a delivery's next attempt must be before its job counts as lost: longer than
+    /// any job can legitimately be held (the sender's ack wait).
+    stall_after: Duration,
 }
 
 /// A webhook or Slack delivery that the sender must be told about.
@@ -80,6 +84,10 @@ impl Notifier {
             js,
             pool,
             last_reminders: std::time::Instant::now(),
+            last_sweep: std::time::Instant::now(),
+            stall_after: Duration::from_secs(
+                topology.consumer(super::deliver::CONSUMER).ack_wait_secs + 30,
+            ),
         }
     }
 
@@ -89,7 +97,6 @@ impl Notifier {
     }
 
     async fn handle_one(&self, msg: &jetstream::Message) -> Outcome {
-        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
         let parsed = match parse(&msg.subject, &msg.payload) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return Outcome::Done,
@@ -102,16 +109,7 @@ impl Notifier {
         };
         let incident = match self.recorded_incident(parsed.incident_id).await {
             Ok(Some(incident)) => incident,
-            Ok(None) if delivered >= RECORD_PATIENCE => {
-                return Outcome::Poison(Rejection {
-                    kind: "unrecorded",
-                    reason: format!(
-                        "incident {} was still not in Postgres after {delivered} deliveries",
-                        parsed.incident_id
-                    ),
-                })
-            }
-            Ok(None) => return Outcome::Retry,
+            Ok(None) => return self.unrecorded(msg, parsed.incident_id).await,
             Err(e) => return db_outcome(e),
         };
         let event = parsed.event(&incident);
@@ -134,6 +132,38 @@ impl Notifier {
             tokio::time::sleep(RECORD_POLL).await;
         }
         store::incidents::get(&self.pool, id).await
+    }
+
+    /// What to do about an event whose incident is not in Postgres. Normally `record` has not
+    /// got to it yet, and it is retried, however long that takes (an outage of Postgres or of
+    /// `record` must not drop notifications). Only once `record` has handled the message and
+    /// the row is still missing, because `record` dead-lettered it, is it given up.
+    async fn unrecorded(&self, msg: &jetstream::Message, incident_id: Uuid) -> Outcome {
+        let Ok(info) = msg.info() else {
+            return Outcome::Retry;
+        };
+        let sequence = info.stream_sequence;
+        let floor = match self.js.get_stream(INCIDENTS).await {
+            Ok(stream) => match stream.consumer_info(crate::record::CONSUMER).await {
+                Ok(record) => record.ack_floor.stream_sequence,
+                Err(_) => return Outcome::Retry,
+            },
+            Err(_) => return Outcome::Retry,
+        };
+        if floor < sequence {
+            return Outcome::Retry;
+        }
+        match store::incidents::get(&self.pool, incident_id).await {
+            Ok(Some(_)) => Outcome::Retry,
+            Ok(None) => Outcome::Poison(Rejection {
+                kind: "unrecorded",
+                reason: format!(
+                    "incident {incident_id} is not in Postgres although record has handled \
+                     stream sequence {sequence}; see record's dead letters"
+                ),
+            }),
+            Err(e) => db_outcome(e),
+        }
     }
 
     /// Records the event for every channel that hears about it and hands webhook and Slack
@@ -175,6 +205,27 @@ impl Notifier {
             }
         }
         tx.commit().await?;
+        publish_jobs(&self.js, &jobs).await
+    }
+
+    /// Publishes the job again for deliveries nobody is working on although their next attempt
+    /// is long due: the process that committed them died before publishing.
+    async fn sweep(&self) -> Result<(), RouteError> {
+        let stalled = deliveries::stalled(&self.pool, self.stall_after, REMINDER_BATCH).await?;
+        if stalled.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            count = stalled.len(),
+            "republishing jobs of stalled deliveries"
+        );
+        let jobs: Vec<Job> = stalled
+            .into_iter()
+            .map(|(delivery_id, channel_id)| Job {
+                delivery_id,
+                channel_id,
+            })
+            .collect();
         publish_jobs(&self.js, &jobs).await
     }
 
@@ -225,12 +276,17 @@ impl BatchHandler for Notifier {
     }
 
     async fn tick(&mut self, _shutdown: &CancellationToken) {
-        if self.last_reminders.elapsed() < REMINDER_EVERY {
-            return;
+        if self.last_reminders.elapsed() >= REMINDER_EVERY {
+            self.last_reminders = std::time::Instant::now();
+            if let Err(e) = self.remind().await {
+                tracing::warn!(error = %e, "making reminders failed; will try again");
+            }
         }
-        self.last_reminders = std::time::Instant::now();
-        if let Err(e) = self.remind().await {
-            tracing::warn!(error = %e, "making reminders failed; will try again");
+        if self.last_sweep.elapsed() >= SWEEP_EVERY {
+            self.last_sweep = std::time::Instant::now();
+            if let Err(e) = self.sweep().await {
+                tracing::warn!(error = %e, "looking for stalled deliveries failed; will try again");
+            }
         }
     }
 }
@@ -308,19 +364,36 @@ async fn route_to_channel(
         new_delivery.state = DeliveryState::Suppressed;
     } else if !sent_out {
         new_delivery.state = DeliveryState::Delivered;
-    } else if !channel.group_wait.is_zero() {
-        match deliveries::open_group(&mut *tx, channel.id, &incident.service_id).await? {
-            Some(group) => {
+    } else if channel.group_wait.is_zero() {
+        new_delivery.state = DeliveryState::Sending;
+    } else {
+        new_delivery.due_at =
+            now + chrono::TimeDelta::from_std(channel.group_wait).unwrap_or_default();
+    }
+    if new_delivery.state == DeliveryState::Grouping {
+        // Join the group collecting for this service, or open one. Opening loses to another
+        // notifier opening the same group at the same moment; then that one is joined.
+        let mut created = false;
+        for _ in 0..3 {
+            if let Some(group) =
+                deliveries::open_group(&mut *tx, channel.id, &incident.service_id).await?
+            {
                 new_delivery.id = group;
                 joined = true;
+                break;
             }
-            None => {
-                new_delivery.due_at =
-                    now + chrono::TimeDelta::from_std(channel.group_wait).unwrap_or_default();
+            if deliveries::create(&mut *tx, &new_delivery).await? {
+                created = true;
+                break;
             }
         }
-    }
-    if !joined {
+        if !joined && !created {
+            // Groups opened and sealed under our feet three times: try the event again later.
+            return Err(sqlx::Error::Protocol(
+                "could not open or join a notification group".to_owned(),
+            ));
+        }
+    } else {
         deliveries::create(&mut *tx, &new_delivery).await?;
     }
     let item = NewItem {
@@ -398,6 +471,8 @@ async fn route_to_channel(
             telemetry::notification(channel.kind.as_str(), "delivered");
             Ok(None)
         }
+        // An item joining a group rides on the job its first item published.
+        _ if joined => Ok(None),
         _ => Ok(Some(Job {
             delivery_id: id,
             channel_id: channel.id,

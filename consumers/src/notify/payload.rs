@@ -194,21 +194,34 @@ pub fn slack_message(body: &Body) -> serde_json::Value {
         [one] => headline(one),
         many => format!("{} updates for {}", many.len(), body.service_id),
     };
-    let blocks: Vec<serde_json::Value> = body
+    let section = |text: String| {
+        serde_json::json!({
+            "type": "section",
+            "text": { "type": "mrkdwn", "text": text.chars().take(SLACK_TEXT_MAX).collect::<String>() },
+        })
+    };
+    let mut blocks: Vec<serde_json::Value> = body
         .events
         .iter()
+        .take(SLACK_BLOCKS_MAX - 1)
         .map(|e| {
-            serde_json::json!({
-                "type": "section",
-                "text": {
-                    "type": "mrkdwn",
-                    "text": format!("*{}*\n{}", escape_slack(&headline(e)), escape_slack(&detail(e))),
-                }
-            })
+            section(format!(
+                "*{}*\n{}",
+                escape_slack(&headline(e)),
+                escape_slack(&detail(e))
+            ))
         })
         .collect();
+    let left = body.events.len().saturating_sub(SLACK_BLOCKS_MAX - 1);
+    if left > 0 {
+        blocks.push(section(format!("…and {left} more")));
+    }
     serde_json::json!({ "text": text, "blocks": blocks })
 }
+
+/// Slack refuses messages with more blocks than this, or section text longer than that.
+const SLACK_BLOCKS_MAX: usize = 50;
+const SLACK_TEXT_MAX: usize = 3000;
 
 /// Slack treats `&`, `<` and `>` as control characters in message text.
 fn escape_slack(text: &str) -> String {
