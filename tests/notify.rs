@@ -134,6 +134,18 @@ async fn receive(
     }
 }
 
+/// Publishes one latency sample.
+async fn latency(js: &async_nats::jetstream::Context, service: &str, value: f64, at: &str) {
+    publish(js, &[sample(service, "LATENCY_MS", value, at)]).await;
+}
+
+/// Creates a department and returns its id.
+async fn department(app: &App, name: &str) -> String {
+    let (status, dept) = app.post("/api/departments", &json!({ "name": name })).await;
+    assert_eq!(status, 201, "{dept}");
+    dept["data"]["id"].as_str().unwrap().to_owned()
+}
+
 /// A department with a webhook channel; returns (department id, channel id).
 async fn department_with_webhook(
     app: &App,
@@ -232,16 +244,7 @@ async fn an_opened_incident_reaches_its_receiver_exactly_once_signed() {
     latency_rule(&app, &dept, json!({})).await;
 
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample(
-            "paycell",
-            "LATENCY_MS",
-            420.0,
-            "2026-11-23T10:00:00Z",
-        )],
-    )
-    .await;
+    latency(&js, "paycell", 420.0, "2026-11-23T10:00:00Z").await;
     let got = receiver.wait_for("net", 1, PATIENCE).await;
     notifications_settled(&stack).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -300,16 +303,7 @@ async fn the_signature_verifies_with_the_documented_python_and_shell() {
         department_with_webhook(&app, "Payments", &receiver.url("pay"), json!({})).await;
     latency_rule(&app, &dept, json!({})).await;
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample(
-            "ledger",
-            "LATENCY_MS",
-            300.0,
-            "2026-11-23T10:00:00Z",
-        )],
-    )
-    .await;
+    latency(&js, "ledger", 300.0, "2026-11-23T10:00:00Z").await;
     let request = receiver.wait_for("pay", 1, PATIENCE).await.remove(0);
 
     // The README's verification, run as written there.
@@ -374,16 +368,7 @@ async fn failures_are_retried_under_one_idempotency_key() {
         department_with_webhook(&app, "Network", &receiver.url("flaky"), json!({})).await;
     latency_rule(&app, &dept, json!({})).await;
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample(
-            "paycell",
-            "LATENCY_MS",
-            420.0,
-            "2026-11-23T10:00:00Z",
-        )],
-    )
-    .await;
+    latency(&js, "paycell", 420.0, "2026-11-23T10:00:00Z").await;
 
     let got = receiver.wait_for("flaky", 3, PATIENCE).await;
     notifications_settled(&stack).await;
@@ -467,16 +452,7 @@ async fn the_last_failed_attempt_is_dead_lettered_and_recorded() {
         department_with_webhook(&app, "Network", &receiver.url("down"), json!({})).await;
     latency_rule(&app, &dept, json!({})).await;
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample(
-            "paycell",
-            "LATENCY_MS",
-            420.0,
-            "2026-11-23T10:00:00Z",
-        )],
-    )
-    .await;
+    latency(&js, "paycell", 420.0, "2026-11-23T10:00:00Z").await;
 
     let got = receiver.wait_for("down", 2, PATIENCE).await;
     let delivery = got[0].header("idempotency-key").to_owned();
@@ -540,11 +516,7 @@ async fn a_hanging_target_does_not_delay_another_department() {
 
     // The slow department's target hangs first...
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample("svc-0", "LATENCY_MS", 420.0, "2026-11-23T10:00:00Z")],
-    )
-    .await;
+    latency(&js, "svc-0", 420.0, "2026-11-23T10:00:00Z").await;
     receiver.wait_for("stuck", 1, PATIENCE).await;
     receiver.wait_for("quick", 1, PATIENCE).await;
     // ...then six more incidents open while its requests hang.
@@ -579,11 +551,7 @@ async fn a_hanging_target_does_not_delay_another_department() {
 async fn the_log_never_shows_a_slack_token() {
     let stack = Stack::start().await;
     let app = App::start(&stack).await;
-    let (status, dept) = app
-        .post("/api/departments", &json!({ "name": "Network" }))
-        .await;
-    assert_eq!(status, 201);
-    let dept = dept["data"]["id"].as_str().unwrap().to_owned();
+    let dept = department(&app, "Network").await;
     // Nothing listens there, so the attempt fails with a network error.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -599,16 +567,7 @@ async fn the_log_never_shows_a_slack_token() {
     assert_eq!(status, 201, "{body}");
     latency_rule(&app, &dept, json!({})).await;
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample(
-            "paycell",
-            "LATENCY_MS",
-            420.0,
-            "2026-11-23T10:00:00Z",
-        )],
-    )
-    .await;
+    latency(&js, "paycell", 420.0, "2026-11-23T10:00:00Z").await;
     let error: String = eventually("a failed attempt", PATIENCE, || async {
         let row: (Option<String>,) =
             sqlx::query_as("SELECT error FROM delivery_attempts WHERE outcome = 'network' LIMIT 1")
@@ -751,27 +710,9 @@ async fn a_resolved_notification_arrives_after_recovery() {
     let (dept, _) = department_with_webhook(&app, "Network", &receiver.url("net"), json!({})).await;
     latency_rule(&app, &dept, json!({})).await;
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample(
-            "paycell",
-            "LATENCY_MS",
-            420.0,
-            "2026-11-23T10:00:00Z",
-        )],
-    )
-    .await;
+    latency(&js, "paycell", 420.0, "2026-11-23T10:00:00Z").await;
     receiver.wait_for("net", 1, PATIENCE).await;
-    publish(
-        &js,
-        &[sample(
-            "paycell",
-            "LATENCY_MS",
-            90.0,
-            "2026-11-23T10:00:05Z",
-        )],
-    )
-    .await;
+    latency(&js, "paycell", 90.0, "2026-11-23T10:00:05Z").await;
     let got = receiver.wait_for("net", 2, PATIENCE).await;
     let resolved = got[1].json();
     assert_eq!(resolved["events"][0]["kind"], "resolved");
@@ -799,16 +740,7 @@ async fn a_status_change_by_a_person_is_notified_and_in_app_rows_appear() {
     assert_eq!(status, 201, "{body}");
     latency_rule(&app, &dept, json!({})).await;
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample(
-            "paycell",
-            "LATENCY_MS",
-            420.0,
-            "2026-11-23T10:00:00Z",
-        )],
-    )
-    .await;
+    latency(&js, "paycell", 420.0, "2026-11-23T10:00:00Z").await;
     let got = receiver.wait_for("net", 1, PATIENCE).await;
     let incident = got[0].json()["events"][0]["incident"]["id"]
         .as_str()
@@ -887,16 +819,7 @@ async fn a_kill_between_sending_and_acking_sends_at_most_once_more_with_the_same
 
     let mut sender = spawn_sender(&stack, &topology_file, 1);
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample(
-            "paycell",
-            "LATENCY_MS",
-            420.0,
-            "2026-11-23T10:00:00Z",
-        )],
-    )
-    .await;
+    latency(&js, "paycell", 420.0, "2026-11-23T10:00:00Z").await;
     receiver.wait_for("net", 1, PATIENCE).await;
     sender.start_kill().unwrap();
     sender.wait().await.unwrap();
@@ -948,16 +871,7 @@ async fn an_incident_left_open_is_notified_again_after_the_repeat_interval() {
     .await;
     latency_rule(&app, &dept, json!({})).await;
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample(
-            "paycell",
-            "LATENCY_MS",
-            420.0,
-            "2026-11-23T10:00:00Z",
-        )],
-    )
-    .await;
+    latency(&js, "paycell", 420.0, "2026-11-23T10:00:00Z").await;
     receiver.wait_for("net", 1, PATIENCE).await;
 
     // Let a minute pass for the channel, as far as its record of the opening goes.
@@ -1017,11 +931,7 @@ async fn a_private_target_is_refused_at_send_time_when_not_allowed() {
     let receiver = Receiver::start().await;
     // Saved while it pointed elsewhere, say, and now resolving to loopback: written straight to
     // the table, since the API refuses it.
-    let (status, dept) = app
-        .post("/api/departments", &json!({ "name": "Network" }))
-        .await;
-    assert_eq!(status, 201);
-    let dept = dept["data"]["id"].as_str().unwrap().to_owned();
+    let dept = department(&app, "Network").await;
     let url = format!("http://localhost:{}/net", receiver.addr.port());
     let (status, refused) = app
         .post(
@@ -1042,16 +952,7 @@ async fn a_private_target_is_refused_at_send_time_when_not_allowed() {
     .unwrap();
     latency_rule(&app, &dept, json!({})).await;
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample(
-            "paycell",
-            "LATENCY_MS",
-            420.0,
-            "2026-11-23T10:00:00Z",
-        )],
-    )
-    .await;
+    latency(&js, "paycell", 420.0, "2026-11-23T10:00:00Z").await;
 
     let (attempts, error): (i32, Option<String>) =
         eventually("the delivery to be refused", PATIENCE, || async {
@@ -1078,11 +979,7 @@ async fn slack_channels_get_slacks_message_format() {
     let stack = Stack::start().await;
     let app = App::start(&stack).await;
     let receiver = Receiver::start().await;
-    let (status, dept) = app
-        .post("/api/departments", &json!({ "name": "Network" }))
-        .await;
-    assert_eq!(status, 201);
-    let dept = dept["data"]["id"].as_str().unwrap().to_owned();
+    let dept = department(&app, "Network").await;
     let (status, channel) = app
         .post(
             &format!("/api/departments/{dept}/channels"),
@@ -1092,16 +989,7 @@ async fn slack_channels_get_slacks_message_format() {
     assert_eq!(status, 201, "{channel}");
     latency_rule(&app, &dept, json!({})).await;
     let js = stack.js().await;
-    publish(
-        &js,
-        &[sample(
-            "paycell",
-            "LATENCY_MS",
-            420.0,
-            "2026-11-23T10:00:00Z",
-        )],
-    )
-    .await;
+    latency(&js, "paycell", 420.0, "2026-11-23T10:00:00Z").await;
     let request = receiver.wait_for("slack", 1, PATIENCE).await.remove(0);
     let message = request.json();
     let text = message["text"].as_str().unwrap();
