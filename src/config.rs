@@ -423,4 +423,24 @@ mod tests {
         };
         assert_eq!(run.roles, [Role::Evaluate, Role::Api]);
     }
+
+    #[test]
+    fn private_webhook_targets_are_allowed_only_on_the_local_stack_unless_set() {
+        let dev = |extra: &[&str]| {
+            let mut args = vec!["tracely", "dev"];
+            args.extend_from_slice(extra);
+            let Command::Dev(dev) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not dev")
+            };
+            dev.serve
+        };
+        // `tracely dev` passes true, `tracely run` false, when the setting is absent.
+        assert!(dev(&[]).notify(true).targets.allow_private);
+        assert!(!dev(&[]).notify(false).targets.allow_private);
+        let off = dev(&["--webhook-allow-private=false"]);
+        assert!(!off.notify(true).targets.allow_private);
+        let on = dev(&["--webhook-allow-private"]);
+        assert!(on.notify(false).targets.allow_private);
+        assert!(Cli::try_parse_from(["tracely", "dev", "--webhook-timeout-secs", "0"]).is_err());
+    }
 }
