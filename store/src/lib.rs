@@ -1,8 +1,9 @@
 //! Postgres access shared by the consumers and the API: one module per table ([`rules`],
 //! [`incidents`], [`events`], [`comments`], [`outbox`], [`services`], [`departments`],
 //! [`notifications`], [`channels`], [`silences`], [`deliveries`], [`api_keys`], [`samples`],
-//! [`rollups`]), plus connecting and migrating, and [`targets`], the policy on which URLs
-//! notification channels may call.
+//! [`rollups`]), plus connecting and migrating; [`targets`], the policy on which URLs
+//! notification channels may call; and [`search`], incident search in Postgres and the
+//! documents the Meilisearch index holds.
 //!
 //! Queries are plain SQL, one small function each, taking a pool or a transaction. Writes made
 //! on behalf of the pipeline are idempotent, keyed on deterministic ids.
@@ -20,6 +21,7 @@ pub mod page;
 pub mod rollups;
 pub mod rules;
 pub mod samples;
+pub mod search;
 pub mod services;
 pub mod silences;
 pub mod targets;

@@ -1,0 +1,1 @@
+//! Search answered by Postgres full-text search, when no Meilisearch is configured.
