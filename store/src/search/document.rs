@@ -73,6 +73,22 @@ pub async fn page_after<'e>(
     .await
 }
 
+/// Documents of incidents changed (or commented on) since `since`: what a reindex reads again
+/// at its end, in case it wrote an older state over a newer one the index consumer had written.
+pub async fn changed_since<'e>(
+    executor: impl PgExecutor<'e>,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<SearchDocument>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{SELECT} WHERE i.updated_at >= $1
+            OR EXISTS (SELECT 1 FROM incident_comments c
+                       WHERE c.incident_id = i.id AND c.created_at >= $1)"
+    ))
+    .bind(since)
+    .fetch_all(executor)
+    .await
+}
+
 /// How many incidents there are: what a full index holds.
 pub async fn count<'e>(executor: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM incidents")

@@ -1,9 +1,10 @@
 //! Incident search: what a query asks, what a hit shows, and the facets, shared by both
 //! engines. [`postgres`] answers from Postgres full-text search when no Meilisearch is
-//! configured; [`document`] builds what the `index` consumer sends to Meilisearch, always from the
+//! configured; [`meili`] answers from Meilisearch and loads its index; [`document`] builds what the `index` consumer sends to Meilisearch, always from the
 //! incident's current row.
 
 pub mod document;
+pub mod meili;
 pub mod postgres;
 
 use std::collections::BTreeMap;

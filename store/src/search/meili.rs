@@ -1,0 +1,371 @@
+//! Incident search in Meilisearch: the index's settings, loading documents (waiting for each
+//! task to finish), and searching with typo tolerance, filters, facets and highlights.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use meilisearch_sdk::client::Client;
+use meilisearch_sdk::errors::Error as SdkError;
+use meilisearch_sdk::indexes::Index;
+use meilisearch_sdk::search::Selectors;
+use meilisearch_sdk::settings::{PaginationSetting, Settings};
+use meilisearch_sdk::task_info::TaskInfo;
+use meilisearch_sdk::tasks::Task;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::document::SearchDocument;
+use super::{Facets, SearchHit, SearchQuery, SearchResult, MARK_END, MARK_START};
+
+/// The index incidents are kept in unless configured otherwise.
+pub const DEFAULT_INDEX: &str = "incidents";
+/// How long a task may take before waiting for it counts as a failure.
+const TASK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Exact totals up to this many hits (Meilisearch estimates beyond its limit).
+const MAX_TOTAL_HITS: usize = 100_000;
+/// Stand-ins for the highlight tags, so the text around them can be escaped first.
+const PRE: &str = "\u{1}";
+const POST: &str = "\u{2}";
+
+const SEARCHABLE: &[&str] = &[
+    "title",
+    "message",
+    "service_name",
+    "service_id",
+    "rule_name",
+    "comments",
+    "department_name",
+];
+const FILTERABLE: &[&str] = &[
+    "status",
+    "severity",
+    "service_id",
+    "department_id",
+    "rule_id",
+    "opened_at",
+];
+const SORTABLE: &[&str] = &["opened_at", "peak_value"];
+/// Meilisearch's default rules, then the newest first among equals.
+const RANKING: &[&str] = &[
+    "words",
+    "typo",
+    "proximity",
+    "attribute",
+    "sort",
+    "exactness",
+    "opened_at:desc",
+];
+const FACETS: &[&str] = &["status", "severity", "service_id"];
+const HIGHLIGHTED: &[&str] = &["title", "message", "comments"];
+
+/// Why Meilisearch did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum MeiliError {
+    /// It could not be reached, or answered with an error that may pass.
+    #[error("Meilisearch unavailable: {0}")]
+    Unavailable(String),
+    /// It ran the task and the task failed: the data or settings are at fault.
+    #[error("Meilisearch task failed: {0}")]
+    TaskFailed(String),
+}
+
+impl From<SdkError> for MeiliError {
+    fn from(e: SdkError) -> MeiliError {
+        MeiliError::Unavailable(e.to_string())
+    }
+}
+
+/// Where Meilisearch is, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeiliConfig {
+    pub url: String,
+    pub key: Option<String>,
+    /// The index incidents are kept in.
+    pub index: String,
+}
+
+/// A Meilisearch server and the index incidents are kept in.
+#[derive(Clone)]
+pub struct Meili {
+    client: Client,
+    index: Index,
+}
+
+impl std::fmt::Debug for Meili {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meili")
+            .field("index", &self.index.uid)
+            .finish()
+    }
+}
+
+impl Meili {
+    /// A client for `url`; nothing is sent yet.
+    pub fn new(url: &str, key: Option<&str>, index: &str) -> Result<Meili, MeiliError> {
+        let client = Client::new(url, key).map_err(MeiliError::from)?;
+        let index = client.index(index);
+        Ok(Meili { client, index })
+    }
+
+    pub fn from_config(config: &MeiliConfig) -> Result<Meili, MeiliError> {
+        Meili::new(&config.url, config.key.as_deref(), &config.index)
+    }
+
+    pub fn index_uid(&self) -> &str {
+        &self.index.uid
+    }
+
+    /// Whether the server answers its health check.
+    pub async fn health(&self) -> Result<(), MeiliError> {
+        timed(self.client.health()).await.map(|_| ())
+    }
+
+    /// Creates the index if needed and applies its settings (searchable, filterable and
+    /// sortable attributes, ranking), waiting until they are in force.
+    pub async fn apply_settings(&self) -> Result<(), MeiliError> {
+        let created = timed(self.client.create_index(&self.index.uid, Some("id"))).await?;
+        // "Already exists" is the usual answer, and fine.
+        let _ = self.wait(created).await;
+        let settings = Settings::new()
+            .with_searchable_attributes(SEARCHABLE)
+            .with_filterable_attributes(FILTERABLE)
+            .with_sortable_attributes(SORTABLE)
+            .with_ranking_rules(RANKING)
+            .with_pagination(PaginationSetting {
+                max_total_hits: MAX_TOTAL_HITS,
+            });
+        let task = timed(self.index.set_settings(&settings)).await?;
+        self.wait(task).await
+    }
+
+    /// Adds or replaces documents (by `id`) and waits until the index holds them.
+    pub async fn upsert(&self, documents: &[SearchDocument]) -> Result<(), MeiliError> {
+        if documents.is_empty() {
+            return Ok(());
+        }
+        let task = timed(self.index.add_or_replace(documents, Some("id"))).await?;
+        self.wait(task).await
+    }
+
+    /// Removes every document (and keeps the settings).
+    pub async fn clear(&self) -> Result<(), MeiliError> {
+        let task = timed(self.index.delete_all_documents()).await?;
+        self.wait(task).await
+    }
+
+    /// How many documents the index holds.
+    pub async fn count(&self) -> Result<u64, MeiliError> {
+        let stats = timed(self.index.get_stats()).await?;
+        Ok(stats.number_of_documents as u64)
+    }
+
+    async fn wait(&self, task: TaskInfo) -> Result<(), MeiliError> {
+        let done = task
+            .wait_for_completion(
+                &self.client,
+                Some(Duration::from_millis(50)),
+                Some(TASK_TIMEOUT),
+            )
+            .await?;
+        match done {
+            Task::Failed { content } => Err(MeiliError::TaskFailed(format!(
+                "{} ({:?})",
+                content.error.error_message, content.error.error_code
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Searches with typo tolerance; filters, facets and highlights as [`SearchQuery`] says.
+    pub async fn search(&self, q: &SearchQuery) -> Result<SearchResult, MeiliError> {
+        let filter = filter(q);
+        let sort = ["opened_at:desc"];
+        let mut query = self.index.search();
+        query
+            .with_query(&q.q)
+            .with_limit(usize::try_from(q.limit).unwrap_or(0))
+            .with_offset(usize::try_from(q.offset).unwrap_or(0))
+            .with_facets(Selectors::Some(FACETS))
+            .with_attributes_to_highlight(Selectors::Some(HIGHLIGHTED))
+            .with_highlight_pre_tag(PRE)
+            .with_highlight_post_tag(POST);
+        if !filter.is_empty() {
+            query.with_filter(&filter);
+        }
+        if q.q.trim().is_empty() {
+            query.with_sort(&sort);
+        }
+        let found = timed(query.execute::<SearchDocument>()).await?;
+        let mut facets = Facets::default();
+        for (name, values) in found.facet_distribution.unwrap_or_default() {
+            let target = match name.as_str() {
+                "status" => &mut facets.status,
+                "severity" => &mut facets.severity,
+                "service_id" => &mut facets.service_id,
+                _ => continue,
+            };
+            target.extend(values.into_iter().map(|(k, v)| (k, v as u64)));
+        }
+        let hits = found
+            .hits
+            .into_iter()
+            .filter_map(|hit| to_hit(hit.result, hit.formatted_result))
+            .collect();
+        Ok(SearchResult {
+            hits,
+            total: found.estimated_total_hits.unwrap_or(0) as u64,
+            facets,
+        })
+    }
+
+    /// The ids of every document, for checking the index against Postgres.
+    pub async fn ids(&self) -> Result<Vec<Uuid>, MeiliError> {
+        let mut ids = Vec::new();
+        let mut offset = 0;
+        loop {
+            let mut query = meilisearch_sdk::documents::DocumentsQuery::new(&self.index);
+            query
+                .with_limit(1000)
+                .with_offset(offset)
+                .with_fields(["id"]);
+            let page = timed(query.execute::<IdOnly>()).await?;
+            let n = page.results.len();
+            ids.extend(page.results.into_iter().map(|d| d.id));
+            if n < 1000 {
+                break;
+            }
+            offset += n;
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: Uuid,
+}
+
+async fn timed<T>(
+    request: impl std::future::Future<Output = Result<T, SdkError>>,
+) -> Result<T, MeiliError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(result) => result.map_err(MeiliError::from),
+        Err(_) => Err(MeiliError::Unavailable(format!(
+            "no answer within {} s",
+            REQUEST_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// The filter expression for the query's filters; values are quoted and escaped.
+fn filter(q: &SearchQuery) -> String {
+    let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+    let mut parts = Vec::new();
+    if let Some(status) = q.status {
+        parts.push(format!("status = {}", quote(status.as_str())));
+    }
+    if let Some(severity) = q.severity {
+        parts.push(format!("severity = {}", quote(severity.as_str())));
+    }
+    if let Some(service) = &q.service_id {
+        parts.push(format!("service_id = {}", quote(service)));
+    }
+    if let Some(department) = q.department_id {
+        parts.push(format!(
+            "department_id = {}",
+            quote(&department.to_string())
+        ));
+    }
+    if let Some(from) = q.from {
+        parts.push(format!("opened_at >= {}", from.timestamp()));
+    }
+    if let Some(to) = q.to {
+        // Opened before `to`: whole seconds, so round up and compare strictly.
+        let secs = to.timestamp() + i64::from(to.timestamp_subsec_nanos() > 0);
+        parts.push(format!("opened_at < {secs}"));
+    }
+    parts.join(" AND ")
+}
+
+fn to_hit(
+    doc: SearchDocument,
+    formatted: Option<serde_json::Map<String, Value>>,
+) -> Option<SearchHit> {
+    let time = |secs: i64| Utc.timestamp_opt(secs, 0).single();
+    let mut highlights = BTreeMap::new();
+    for (field, value) in formatted.unwrap_or_default() {
+        let text = match value {
+            Value::String(s) => s,
+            Value::Array(items) => items
+                .into_iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .filter(|s| s.contains(PRE))
+                .collect::<Vec<_>>()
+                .join(" … "),
+            _ => continue,
+        };
+        if HIGHLIGHTED.contains(&field.as_str()) && text.contains(PRE) {
+            highlights.insert(field, mark(&text));
+        }
+    }
+    Some(SearchHit {
+        id: doc.id,
+        title: doc.title,
+        message: doc.message,
+        service_id: doc.service_id,
+        service_name: doc.service_name,
+        rule_id: doc.rule_id,
+        rule_name: doc.rule_name,
+        severity: doc.severity.parse().ok()?,
+        status: doc.status.parse().ok()?,
+        department_id: doc.department_id,
+        opened_at: time(doc.opened_at)?,
+        closed_at: doc.closed_at.and_then(time),
+        resolved_at: doc.resolved_at.and_then(time),
+        peak_value: doc.peak_value,
+        highlights,
+    })
+}
+
+/// Escapes the text as HTML, then turns the stand-in tags into `<mark>` and `</mark>`.
+fn mark(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace(PRE, MARK_START)
+        .replace(POST, MARK_END)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_quote_and_combine() {
+        let q = SearchQuery {
+            status: Some(schemas::IncidentStatus::Open),
+            service_id: Some("pay\"cell".into()),
+            from: Some("2026-11-23T10:00:00Z".parse().unwrap()),
+            to: Some("2026-11-23T11:00:00.5Z".parse().unwrap()),
+            ..SearchQuery::default()
+        };
+        assert_eq!(
+            filter(&q),
+            "status = \"OPEN\" AND service_id = \"pay\\\"cell\" AND opened_at >= 1795428000 \
+             AND opened_at < 1795431601"
+        );
+        assert_eq!(filter(&SearchQuery::default()), "");
+    }
+
+    #[test]
+    fn highlights_escape_the_text_around_the_marks() {
+        assert_eq!(
+            mark("a <b> \u{1}paycell\u{2} & c"),
+            "a &lt;b&gt; <mark>paycell</mark> &amp; c"
+        );
+    }
+}
