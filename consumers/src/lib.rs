@@ -7,6 +7,7 @@
 //! - [`evaluate`]: METRICS → rules engine → INCIDENTS.
 //! - [`archive`]: METRICS → Postgres raw samples and per-minute rollups.
 //! - [`record`]: INCIDENTS → Postgres incidents and timeline.
+//! - [`index`]: INCIDENTS → the Meilisearch index of incidents, from their current rows.
 //! - [`notify`]: INCIDENTS → in-app notifications, webhooks and Slack, with silences and a
 //!   delivery log.
 //! - [`lag`]: consumer backlog and database pool gauges.
@@ -16,6 +17,7 @@
 pub mod archive;
 pub mod error;
 pub mod evaluate;
+pub mod index;
 pub mod jetstream;
 pub mod lag;
 pub mod notify;

@@ -140,3 +140,8 @@ pub fn delivery_attempt(channel_type: &'static str, outcome: &'static str, secon
 pub fn unrouted() {
     counter!("tracely_notifications_unrouted_total").increment(1);
 }
+
+/// Incidents whose current state was written to the search index, counted per batch.
+pub fn documents_indexed(count: usize) {
+    counter!("tracely_documents_indexed_total").increment(count as u64);
+}

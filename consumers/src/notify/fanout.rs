@@ -143,14 +143,7 @@ impl Notifier {
             return Outcome::Retry;
         };
         let sequence = info.stream_sequence;
-        let floor = match self.js.get_stream(INCIDENTS).await {
-            Ok(stream) => match stream.consumer_info(crate::record::CONSUMER).await {
-                Ok(record) => record.ack_floor.stream_sequence,
-                Err(_) => return Outcome::Retry,
-            },
-            Err(_) => return Outcome::Retry,
-        };
-        if floor < sequence {
+        if crate::record::has_handled(&self.js, sequence).await != Some(true) {
             return Outcome::Retry;
         }
         match store::incidents::get(&self.pool, incident_id).await {

@@ -98,6 +98,15 @@ impl Recorder {
     }
 }
 
+/// Whether `record` has handled (acked or dead-lettered) every INCIDENTS message up to
+/// `stream_sequence`; `None` when that cannot be told now. Consumers that need an incident's
+/// row use this to tell "not written yet" from "never will be".
+pub async fn has_handled(js: &jetstream::Context, stream_sequence: u64) -> Option<bool> {
+    let stream = js.get_stream(INCIDENTS).await.ok()?;
+    let info = stream.consumer_info(CONSUMER).await.ok()?;
+    Some(info.ack_floor.stream_sequence >= stream_sequence)
+}
+
 /// Reports, for each live incident whose row was just committed, how long after its opening
 /// sample's event time that happened.
 fn observe_detection(opened: &[chrono::DateTime<chrono::Utc>]) {
