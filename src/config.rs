@@ -10,6 +10,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use consumers::notify::NotifyConfig;
 use consumers::Topology;
+use store::search::meili::MeiliConfig;
 use store::targets::TargetPolicy;
 
 /// Every environment variable Tracely reads.
@@ -30,6 +31,10 @@ pub const ENV_VARS: &[&str] = &[
     "TRACELY_WEBHOOK_ALLOW_PRIVATE",
     "TRACELY_WEBHOOK_TIMEOUT_SECS",
     "TRACELY_WEBHOOK_MAX_ATTEMPTS",
+    "MEILI_URL",
+    "MEILI_MASTER_KEY",
+    "MEILI_BIN",
+    "TRACELY_MEILI_INDEX",
     "TRACELY_API_KEY",
     "TRACELY_API_URL",
     "TRACELY_DATA_DIR",
@@ -77,6 +82,8 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Publish samples from a CSV or NDJSON file to the METRICS stream.
     Publish(PublishArgs),
+    /// Rebuild the Meilisearch index of incidents from Postgres (safe while the pipeline runs).
+    Reindex(ReindexArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Create, list and revoke API keys.
@@ -136,7 +143,7 @@ pub struct RunArgs {
         long,
         env = "TRACELY_ROLES",
         value_delimiter = ',',
-        default_value = "evaluate,record,archive,notify,api"
+        default_value = "evaluate,record,archive,notify,index,api"
     )]
     pub roles: Vec<Role>,
 
@@ -212,6 +219,37 @@ pub struct ServeArgs {
     #[arg(long, env = "TRACELY_WEBHOOK_MAX_ATTEMPTS", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=100))]
     pub webhook_max_attempts: u32,
+
+    #[command(flatten)]
+    pub meili: MeiliArgs,
+}
+
+/// Where Meilisearch is; without a URL, search is served by Postgres.
+#[derive(Debug, Args)]
+pub struct MeiliArgs {
+    /// Meilisearch URL, e.g. http://127.0.0.1:7700. Unset: search is served by Postgres full-text
+    /// search (no typo tolerance) and the index role does nothing.
+    #[arg(long, env = "MEILI_URL")]
+    pub meili_url: Option<String>,
+
+    /// Meilisearch's master key (or an API key allowed to manage the index).
+    #[arg(long, env = "MEILI_MASTER_KEY", hide_env_values = true)]
+    pub meili_master_key: Option<String>,
+
+    /// The Meilisearch index incidents are kept in.
+    #[arg(long, env = "TRACELY_MEILI_INDEX", default_value = store::search::meili::DEFAULT_INDEX)]
+    pub meili_index: String,
+}
+
+impl MeiliArgs {
+    pub fn config(&self) -> Option<MeiliConfig> {
+        let url = self.meili_url.as_deref()?.trim();
+        (!url.is_empty()).then(|| MeiliConfig {
+            url: url.trim_end_matches('/').to_owned(),
+            key: self.meili_master_key.clone().filter(|k| !k.is_empty()),
+            index: self.meili_index.clone(),
+        })
+    }
 }
 
 /// An origin such as `https://ops.example.com`, or `*`.
@@ -283,6 +321,23 @@ impl Default for HttpConfig {
 }
 
 #[derive(Debug, Args)]
+pub struct ReindexArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub meili: MeiliArgs,
+
+    /// Incidents sent to Meilisearch per request.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    pub batch_size: i64,
+
+    /// Empty the index first, so documents of incidents no longer in Postgres go too.
+    #[arg(long)]
+    pub clear: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// Postgres URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -326,16 +381,19 @@ pub enum Role {
     Archive,
     /// The notify and deliver consumers (INCIDENTS → in-app notifications, webhooks, Slack).
     Notify,
+    /// The index consumer (INCIDENTS → the Meilisearch index); idle without MEILI_URL.
+    Index,
     /// The HTTP API.
     Api,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Evaluate,
         Role::Record,
         Role::Archive,
         Role::Notify,
+        Role::Index,
         Role::Api,
     ];
 }

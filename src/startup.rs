@@ -9,12 +9,14 @@ use anyhow::{bail, Context as _};
 use async_nats::jetstream;
 use consumers::archive::Archiver;
 use consumers::evaluate::Evaluator;
+use consumers::index::Indexer;
 use consumers::notify::deliver::Deliverer;
 use consumers::notify::fanout::Notifier;
 use consumers::notify::NotifyConfig;
 use consumers::record::Recorder;
 use consumers::Topology;
 use sqlx::PgPool;
+use store::search::meili::{Meili, MeiliConfig};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +44,8 @@ pub struct Settings {
     pub http: HttpConfig,
     /// How notifications are sent, and which targets channels may call.
     pub notify: NotifyConfig,
+    /// Where Meilisearch is; `None` serves search from Postgres.
+    pub meili: Option<MeiliConfig>,
 }
 
 /// A connected, migrated process ready to run its roles.
@@ -158,6 +162,18 @@ impl Application {
             let token = stop.clone();
             tasks.spawn(async move { ("deliver", deliverer.run_until_stopped(token).await) });
         }
+        let meili = match &settings.meili {
+            Some(config) => Some(Meili::from_config(config).context("invalid MEILI_URL")?),
+            None => {
+                tracing::info!("MEILI_URL is not set: search is served by Postgres full-text search, without typo tolerance");
+                None
+            }
+        };
+        if let (true, Some(meili)) = (settings.roles.contains(&Role::Index), &meili) {
+            let indexer = Indexer::new(js.clone(), pool.clone(), meili.clone(), &settings.topology);
+            let token = stop.clone();
+            tasks.spawn(async move { ("index", indexer.run_until_stopped(token).await) });
+        }
         {
             let (js, pool, topology) = (js.clone(), pool.clone(), settings.topology.clone());
             let token = stop.clone();
@@ -172,6 +188,7 @@ impl Application {
             nats: nats.clone(),
             js: js.clone(),
             metrics,
+            meili,
             auth: Arc::new(api::auth::Auth::new(http.rate_limit)),
             settings: Arc::new(api::HttpSettings {
                 ready_timeout: Duration::from_secs(2),

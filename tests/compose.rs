@@ -85,7 +85,7 @@ fn published_container_ports(service: &Value) -> Vec<u16> {
 #[test]
 fn core_services_exist_with_healthchecks() {
     let compose = compose();
-    for name in ["nats", "postgres", "tracely"] {
+    for name in ["nats", "postgres", "meilisearch", "tracely"] {
         let test = words(&service(&compose, name)["healthcheck"]["test"]);
         assert!(test.len() > 1, "{name} has no healthcheck test");
     }
@@ -121,7 +121,7 @@ fn tracely_publishes_its_http_port() {
 fn tracely_waits_for_healthy_dependencies() {
     let compose = compose();
     let depends = &service(&compose, "tracely")["depends_on"];
-    for name in ["nats", "postgres"] {
+    for name in ["nats", "postgres", "meilisearch"] {
         assert_eq!(
             depends[name]["condition"].as_str(),
             Some("service_healthy"),
@@ -137,12 +137,35 @@ fn tracely_environment_uses_known_variables() {
     let env = environment(tracely);
     assert!(!env.is_empty(), "tracely has no environment");
     for (name, _) in env {
-        let ours = name.starts_with("TRACELY_") || name == "DATABASE_URL" || name == "RUST_LOG";
+        let ours = name.starts_with("TRACELY_")
+            || name.starts_with("MEILI_")
+            || name == "DATABASE_URL"
+            || name == "RUST_LOG";
         assert!(
             !ours || tracely::config::ENV_VARS.contains(&name.as_str()),
             "{name} is not a variable the binary reads"
         );
     }
+}
+
+#[test]
+fn meilisearch_runs_with_a_master_key_and_a_volume_that_tracely_uses() {
+    let compose = compose();
+    let meili = service(&compose, "meilisearch");
+    assert!(!env_value(meili, "MEILI_MASTER_KEY").is_empty());
+    assert!(
+        words(&meili["volumes"])
+            .iter()
+            .any(|v| v.ends_with(":/meili_data")),
+        "meilisearch keeps no data volume"
+    );
+    let tracely = service(&compose, "tracely");
+    assert_eq!(env_value(tracely, "MEILI_URL"), "http://meilisearch:7700");
+    assert_eq!(
+        env_value(tracely, "MEILI_MASTER_KEY"),
+        env_value(meili, "MEILI_MASTER_KEY"),
+        "tracely and meilisearch disagree on the key"
+    );
 }
 
 #[test]

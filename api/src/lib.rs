@@ -38,6 +38,8 @@ pub struct AppState {
     pub nats: async_nats::Client,
     pub js: jetstream::Context,
     pub metrics: PrometheusHandle,
+    /// The search index, when Meilisearch is configured; search falls back to Postgres without.
+    pub meili: Option<store::search::meili::Meili>,
     pub auth: Arc<auth::Auth>,
     pub settings: Arc<HttpSettings>,
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::config::{DevArgs, Role};
-use crate::devstack::{NatsServer, Postgres};
+use crate::devstack::{MeiliServer, NatsServer, Postgres};
 use crate::shutdown;
 use crate::startup::{Application, Settings};
+use store::search::meili::MeiliConfig;
 
 pub const DEV_ENV_FILE: &str = "dev.env";
 const DATABASE: &str = "tracely";
@@ -31,6 +32,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     tracing::info!(dir = %data_dir.display(), "starting Postgres");
     let postgres = Postgres::start(&data_dir.join("postgres"), false).await?;
     let database_url = postgres.create_database(DATABASE).await?;
+    // Meilisearch, when configured outside or its binary is here; else Postgres serves search.
+    let mut meili_server = None;
+    let meili = match args.serve.meili.config() {
+        Some(config) => Some(config),
+        None => match MeiliServer::binary() {
+            Some(bin) => {
+                tracing::info!(bin = %bin.display(), "starting meilisearch");
+                let server = MeiliServer::start(&bin, &data_dir.join("meilisearch")).await?;
+                let config = server.config(&args.serve.meili.meili_index);
+                meili_server = Some(server);
+                Some(config)
+            }
+            None => {
+                tracing::info!(
+                    "no meilisearch binary (set MEILI_BIN or put `meilisearch` on PATH): \
+                     search is served by Postgres, without typo tolerance"
+                );
+                None
+            }
+        },
+    };
 
     let settings = Settings {
         nats_url: nats.url(),
@@ -45,19 +67,27 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         http: args.serve.http(),
         // A local stack calls local receivers.
         notify: args.serve.notify(true),
+        meili: meili.clone(),
     };
     let result = async {
         let app = Application::build(settings).await?;
         let addr = app.http_addr().context("the API role has no listener")?;
         let api_key = admin_key(app.pool()).await?;
         let env_file = data_dir.join(DEV_ENV_FILE);
-        write_dev_env(&env_file, &nats.url(), &database_url, &api_key)?;
+        write_dev_env(
+            &env_file,
+            &nats.url(),
+            &database_url,
+            &api_key,
+            meili.as_ref(),
+        )?;
         print_banner(
             &addr.to_string(),
             &env_file,
             &nats.url(),
             &database_url,
             &api_key,
+            meili.as_ref(),
         );
         app.run_until_stopped(shutdown::on_signal()).await
     }
@@ -66,6 +96,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     tracing::info!("stopping the local stack");
     // Other commands must not find a stack that is gone.
     let _ = std::fs::remove_file(data_dir.join(DEV_ENV_FILE));
+    if let Some(server) = meili_server {
+        if let Err(e) = server.stop().await {
+            tracing::warn!(error = %format!("{e:#}"), "meilisearch did not stop cleanly");
+        }
+    }
     let stopped = tokio::join!(postgres.stop(), nats.stop());
     if let Err(e) = stopped.0 {
         tracing::warn!(error = %format!("{e:#}"), "Postgres did not stop cleanly");
@@ -91,11 +126,18 @@ fn write_dev_env(
     nats_url: &str,
     database_url: &str,
     api_key: &str,
+    meili: Option<&MeiliConfig>,
 ) -> anyhow::Result<()> {
-    let text = format!(
+    let mut text = format!(
         "# Written by `tracely dev`: how to reach the local stack.\n\
          TRACELY_NATS_URL={nats_url}\nDATABASE_URL={database_url}\nTRACELY_API_KEY={api_key}\n"
     );
+    if let Some(meili) = meili {
+        text.push_str(&format!("MEILI_URL={}\n", meili.url));
+        if let Some(key) = &meili.key {
+            text.push_str(&format!("MEILI_MASTER_KEY={key}\n"));
+        }
+    }
     // It holds an admin key: readable by its owner only.
     let write = || -> std::io::Result<()> {
         use std::io::Write as _;
@@ -112,7 +154,18 @@ fn write_dev_env(
     write().with_context(|| format!("writing {}", path.display()))
 }
 
-fn print_banner(addr: &str, env_file: &Path, nats_url: &str, database_url: &str, api_key: &str) {
+fn print_banner(
+    addr: &str,
+    env_file: &Path,
+    nats_url: &str,
+    database_url: &str,
+    api_key: &str,
+    meili: Option<&MeiliConfig>,
+) {
+    let search = match meili {
+        Some(meili) => format!("Meilisearch at {}", meili.url),
+        None => "Postgres full-text search (no meilisearch binary)".to_owned(),
+    };
     println!(
         "\nTracely is running.\n\
          \n  Dashboard   http://{addr}/#key={api_key}\
@@ -121,6 +174,7 @@ fn print_banner(addr: &str, env_file: &Path, nats_url: &str, database_url: &str,
          \n  Metrics     http://{addr}/metrics\
          \n  NATS        {nats_url}\
          \n  Postgres    {database_url}\
+         \n  Search      {search}\
          \n  API key     {api_key}  (admin; send as Authorization: Bearer)\
          \n\nConnection settings are in {} (other tracely commands read it).\
          \nPress Ctrl-C to stop.\n",

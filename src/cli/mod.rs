@@ -3,6 +3,7 @@
 pub mod apikey;
 pub mod dev;
 pub mod publish;
+pub mod reindex;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Publish(args) => publish::run(args).await,
+        Command::Reindex(args) => reindex::run(args).await,
         Command::Openapi => {
             println!("{}", api::openapi().to_pretty_json()?);
             Ok(ExitCode::SUCCESS)
@@ -63,6 +65,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         sample_retention: Duration::from_secs(args.serve.sample_retention_secs),
         http: args.serve.http(),
         notify: args.serve.notify(false),
+        meili: args.serve.meili.config(),
     };
     let app = Application::build(settings).await?;
     if let Some(addr) = app.http_addr() {

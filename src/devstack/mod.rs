@@ -1,10 +1,12 @@
-//! Local infrastructure as child processes: a JetStream-enabled nats-server
-//! and a private Postgres cluster. Used by `tracely dev` and by integration
+//! Local infrastructure as child processes: a JetStream-enabled nats-server,
+//! a private Postgres cluster and, when its binary is present, Meilisearch. Used by `tracely dev` and by integration
 //! tests, which each start their own servers on free ports.
 
+mod meili;
 mod nats;
 mod postgres;
 
+pub use meili::MeiliServer;
 pub use nats::NatsServer;
 pub use postgres::Postgres;
 

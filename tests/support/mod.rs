@@ -72,6 +72,7 @@ impl Stack {
                 },
                 ..NotifyConfig::default()
             },
+            meili: None,
         }
     }
 

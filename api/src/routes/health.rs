@@ -38,9 +38,14 @@ pub struct Check {
     /// Why the dependency is not usable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// `not_configured` for an optional dependency that is not set up.
+    /// For Meilisearch: `not_configured` (search is served by Postgres), `ok`, `catching_up`
+    /// (the index consumer has a backlog) or `unavailable` (search falls back to Postgres
+    /// meanwhile, and the backlog waits in the stream).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// For Meilisearch: INCIDENTS messages the index consumer has not finished yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<u64>,
 }
 
 /// The process is up and serving.
@@ -59,23 +64,21 @@ pub async fn health() -> Json<Health> {
 ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let timeout = state.settings.ready_timeout;
-    let (nats, postgres) = tokio::join!(
+    let (nats, postgres, meilisearch) = tokio::join!(
         check(timeout, check_nats(&state)),
         check(timeout, async {
             store::ping(&state.pool).await.map_err(|e| e.to_string())
         }),
+        check_meilisearch(&state, timeout),
     );
+    // Search falls back to Postgres, so Meilisearch does not decide readiness.
     let ok = nats.ok && postgres.ok;
     let body = Readiness {
         status: if ok { "ready" } else { "not_ready" }.to_owned(),
         checks: Checks {
             nats,
             postgres,
-            meilisearch: Check {
-                ok: true,
-                error: None,
-                state: Some("not_configured".to_owned()),
-            },
+            meilisearch,
         },
     };
     let status = if ok {
@@ -108,5 +111,39 @@ async fn check(timeout: Duration, probe: impl Future<Output = Result<(), String>
         ok: error.is_none(),
         error,
         state: None,
+        backlog: None,
     }
+}
+
+async fn check_meilisearch(state: &AppState, timeout: Duration) -> Check {
+    let Some(meili) = &state.meili else {
+        return Check {
+            ok: true,
+            error: None,
+            state: Some("not_configured".to_owned()),
+            backlog: None,
+        };
+    };
+    let mut result = check(timeout, async {
+        meili.health().await.map_err(|e| e.to_string())
+    })
+    .await;
+    let backlog = tokio::time::timeout(timeout, async {
+        let stream = state.js.get_stream("INCIDENTS").await.ok()?;
+        let info = stream.consumer_info("index").await.ok()?;
+        Some(info.num_pending + info.num_ack_pending as u64)
+    })
+    .await
+    .ok()
+    .flatten();
+    result.state = Some(
+        match (result.ok, backlog) {
+            (false, _) => "unavailable",
+            (true, Some(n)) if n > 0 => "catching_up",
+            (true, _) => "ok",
+        }
+        .to_owned(),
+    );
+    result.backlog = backlog;
+    result
 }
