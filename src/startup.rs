@@ -165,7 +165,11 @@ impl Application {
         let meili = match &settings.meili {
             Some(config) => Some(Meili::from_config(config).context("invalid MEILI_URL")?),
             None => {
-                tracing::info!("MEILI_URL is not set: search is served by Postgres full-text search, without typo tolerance");
+                tracing::info!(
+                    "Meilisearch is not configured (MEILI_URL; `tracely dev` also looks for a \
+                     meilisearch binary on PATH or MEILI_BIN): search is served by Postgres \
+                     full-text search, without typo tolerance"
+                );
                 None
             }
         };

@@ -44,13 +44,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 meili_server = Some(server);
                 Some(config)
             }
-            None => {
-                tracing::info!(
-                    "no meilisearch binary (set MEILI_BIN or put `meilisearch` on PATH): \
-                     search is served by Postgres, without typo tolerance"
-                );
-                None
-            }
+            // Start-up says that search is served by Postgres.
+            None => None,
         },
     };
 
