@@ -51,6 +51,7 @@ async fn migrate_creates_the_schema() {
             "departments",
             "incident_comments",
             "incident_events",
+            "incident_search",
             "incidents",
             "metric_rollups",
             "metric_samples",

@@ -1,5 +1,6 @@
 //! Lists stay fast: with 100,000 incidents, every filter of `GET /api/incidents` is served by
-//! an index, for the page and for its total. Timings are in the `incident_lists` benchmark.
+//! an index, for the page and for its total, and a typical search is served by the full-text
+//! index. Timings are in the `incident_lists` benchmark.
 
 #[path = "fixtures/seed.rs"]
 mod seed;
@@ -69,4 +70,101 @@ async fn every_incident_filter_is_served_by_an_index() {
             }
         }
     }
+}
+
+/// Whether `plan` reads `relation` whole.
+fn reads_whole(plan: &Value, relation: &str) -> bool {
+    plan["Node Type"] == "Seq Scan" && plan["Relation Name"] == relation
+        || plan["Plans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|child| reads_whole(child, relation))
+}
+
+#[tokio::test]
+async fn a_typical_search_is_served_by_the_full_text_index() {
+    use store::search::SearchQuery;
+
+    let stack = Stack::start().await;
+    let pool = stack.pool().await;
+    store::migrate(&pool).await.unwrap();
+    seed::seed_incidents(&pool, 100_000)
+        .await
+        .expect("seeding incidents");
+
+    // One service's incidents, by a word of their text: 200 of the 100,000, all closed.
+    let words = SearchQuery {
+        q: "svc-423".into(),
+        limit: 50,
+        ..Default::default()
+    };
+    let closed = SearchQuery {
+        status: Some(schemas::IncidentStatus::Closed),
+        ..words.clone()
+    };
+    for (name, query) in [("words", &words), ("words+status", &closed)] {
+        let plans = store::search::postgres::search_plans(&pool, query)
+            .await
+            .unwrap();
+        for (which, plan) in ["page", "facets"].iter().zip(&plans) {
+            let mut found = Vec::new();
+            scans(&plan[0]["Plan"], &mut found);
+            assert!(
+                found.iter().any(|(node, index)| node == "Bitmap Index Scan"
+                    && index == "incident_search_document_idx"),
+                "the {which} query of a search by {name} does not use the GIN index: \
+                 {found:?}\n{plan:#}"
+            );
+            for relation in ["incidents", "incident_search"] {
+                assert!(
+                    !reads_whole(&plan[0]["Plan"], relation),
+                    "the {which} query of a search by {name} reads {relation} whole: \
+                     {found:?}\n{plan:#}"
+                );
+            }
+        }
+    }
+    // A filter that finds fewer rows than the words leads instead, still off an index.
+    let service = SearchQuery {
+        q: "latency".into(),
+        service_id: Some("svc-42".into()),
+        limit: 50,
+        ..Default::default()
+    };
+    let plans = store::search::postgres::search_plans(&pool, &service)
+        .await
+        .unwrap();
+    for (which, plan) in ["page", "facets"].iter().zip(&plans) {
+        for relation in ["incidents", "incident_search"] {
+            assert!(
+                !reads_whole(&plan[0]["Plan"], relation),
+                "the {which} query of a search in one service reads {relation} whole:\n{plan:#}"
+            );
+        }
+    }
+
+    // And the searches find what they should.
+    let found = store::search::postgres::search(&pool, &words)
+        .await
+        .unwrap();
+    assert_eq!(found.total, 200);
+    assert_eq!(found.hits.len(), 50);
+    assert_eq!(
+        found.facets.service_id,
+        [("svc-423".to_owned(), 200)].into()
+    );
+    for hit in &found.hits {
+        assert_eq!(hit.service_id, "svc-423");
+        assert_eq!(hit.highlights["title"], "rule 22 on <mark>svc-423</mark>");
+    }
+    let found = store::search::postgres::search(&pool, &closed)
+        .await
+        .unwrap();
+    assert_eq!(found.total, 200);
+    assert_eq!(found.facets.status, [("CLOSED".to_owned(), 200)].into());
+    let found = store::search::postgres::search(&pool, &service)
+        .await
+        .unwrap();
+    assert_eq!(found.total, 200);
 }

@@ -10,6 +10,7 @@ pub mod keys;
 pub mod metrics;
 pub mod notifications;
 pub mod rules;
+pub mod search;
 pub mod services;
 pub mod silences;
 
@@ -23,6 +24,7 @@ use crate::AppState;
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(incidents::router())
+        .merge(search::router())
         .merge(rules::router())
         .merge(services::router())
         .merge(metrics::router())

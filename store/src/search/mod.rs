@@ -51,11 +51,13 @@ pub struct SearchHit {
     pub resolved_at: Option<DateTime<Utc>>,
     pub peak_value: f64,
     /// The fields that matched (`title`, `message`, `comments`), with each match wrapped in
-    /// `<mark>` and `</mark>`.
+    /// `<mark>` and `</mark>`. The values are HTML: `&`, `<` and `>` of the text are escaped,
+    /// so the marks are the only markup.
     pub highlights: BTreeMap<String, String>,
 }
 
-/// How many of all the hits (not just this page) have each value.
+/// How many of all the hits (not just this page) have each value; at most 100 values per facet
+/// (`MAX_FACET_VALUES`), those with the most hits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Facets {
     pub status: BTreeMap<String, u64>,
@@ -78,6 +80,10 @@ pub enum Engine {
     Meilisearch,
     Postgres,
 }
+
+/// The most values a facet lists: those with the most hits, ties by value. Meilisearch's default
+/// `maxValuesPerFacet`.
+pub const MAX_FACET_VALUES: usize = 100;
 
 /// Highlighted matches are wrapped in these.
 pub const MARK_START: &str = "<mark>";
