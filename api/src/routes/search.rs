@@ -127,8 +127,18 @@ pub async fn search(
     .into_response())
 }
 
-/// Answers from the engine in use, saying which: Postgres full-text search.
+/// Answers from the engine in use, saying which: Meilisearch when it is configured and answers,
+/// else Postgres full-text search (also while Meilisearch is down, so search keeps working).
 async fn run(state: &AppState, query: &SearchQuery) -> Result<(SearchResult, Engine), ApiError> {
+    if let Some(meili) = &state.meili {
+        match meili.search(query).await {
+            Ok(result) => return Ok((result, Engine::Meilisearch)),
+            Err(e) => {
+                metrics::counter!("tracely_search_fallbacks_total").increment(1);
+                tracing::warn!(error = %e, "Meilisearch did not answer a search; answering from Postgres");
+            }
+        }
+    }
     let result = store::search::postgres::search(&state.pool, query).await?;
     Ok((result, Engine::Postgres))
 }

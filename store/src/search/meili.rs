@@ -9,14 +9,14 @@ use meilisearch_sdk::client::Client;
 use meilisearch_sdk::errors::Error as SdkError;
 use meilisearch_sdk::indexes::Index;
 use meilisearch_sdk::search::Selectors;
-use meilisearch_sdk::settings::{PaginationSetting, Settings};
+use meilisearch_sdk::settings::{FacetSortValue, FacetingSettings, PaginationSetting, Settings};
 use meilisearch_sdk::task_info::TaskInfo;
 use meilisearch_sdk::tasks::Task;
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::document::SearchDocument;
-use super::{Facets, SearchHit, SearchQuery, SearchResult, MARK_END, MARK_START};
+use super::{Facets, SearchHit, SearchQuery, SearchResult, MARK_END, MARK_START, MAX_FACET_VALUES};
 
 /// The index incidents are kept in unless configured otherwise.
 pub const DEFAULT_INDEX: &str = "incidents";
@@ -136,6 +136,14 @@ impl Meili {
             .with_ranking_rules(RANKING)
             .with_pagination(PaginationSetting {
                 max_total_hits: MAX_TOTAL_HITS,
+            })
+            // The same facet values as the Postgres engine: the most frequent first.
+            .with_faceting(FacetingSettings {
+                max_values_per_facet: MAX_FACET_VALUES,
+                sort_facet_values_by: Some(BTreeMap::from([(
+                    "*".to_owned(),
+                    FacetSortValue::Count,
+                )])),
             });
         let task = timed(self.index.set_settings(&settings)).await?;
         self.wait(task).await
@@ -300,12 +308,15 @@ fn to_hit(
     for (field, value) in formatted.unwrap_or_default() {
         let text = match value {
             Value::String(s) => s,
-            Value::Array(items) => items
+            // As the Postgres engine does: the oldest comment that matches, whole.
+            Value::Array(items) => match items
                 .into_iter()
                 .filter_map(|v| v.as_str().map(str::to_owned))
-                .filter(|s| s.contains(PRE))
-                .collect::<Vec<_>>()
-                .join(" … "),
+                .find(|s| s.contains(PRE))
+            {
+                Some(comment) => comment,
+                None => continue,
+            },
             _ => continue,
         };
         if HIGHLIGHTED.contains(&field.as_str()) && text.contains(PRE) {
