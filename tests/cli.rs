@@ -259,6 +259,32 @@ async fn configuration_mistakes_are_named() {
         .unwrap();
     assert!(!output.status.success());
     assert!(text(&output).contains("judge"), "{}", text(&output));
+
+    // Reindexing needs a Meilisearch to rebuild, and says where it could not reach it.
+    let output = tracely()
+        .args(["reindex", "--database-url", "postgres://127.0.0.1:1/x"])
+        .env_remove("MEILI_URL")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(text(&output).contains("MEILI_URL"), "{}", text(&output));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = tracely()
+        .args(["reindex", "--database-url", "postgres://127.0.0.1:1/x"])
+        .env("MEILI_URL", format!("http://{closed}"))
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        text(&output).contains(&format!("reaching Meilisearch at http://{closed}")),
+        "{}",
+        text(&output)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
