@@ -12,6 +12,8 @@ fn tracely() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracely"));
     // Keep a developer's local stack (./.tracely/dev.env) out of the picture.
     cmd.env("TRACELY_DATA_DIR", "/nonexistent-tracely-data-dir");
+    // ...and a developer's Meilisearch.
+    cmd.env_remove("MEILI_URL").env_remove("MEILI_BIN");
     cmd
 }
 
@@ -295,6 +297,8 @@ async fn dev_runs_the_stack_with_an_admin_key_in_dev_env() {
     let mut dev = Command::new(env!("CARGO_BIN_EXE_tracely"))
         .args(["dev", "--http-addr", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path())
+        // A developer's Meilisearch must not receive this stack's incidents.
+        .env_remove("MEILI_URL")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -89,6 +89,7 @@ fn spawn_tracely(stack: &Stack, attempt: usize) -> Child {
         .env("DATABASE_URL", &stack.database_url)
         // Every process serves health and metrics; a free port keeps parallel tests apart.
         .env("TRACELY_HTTP_ADDR", "127.0.0.1:0")
+        .env_remove("MEILI_URL")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)

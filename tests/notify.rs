@@ -784,6 +784,7 @@ fn spawn_sender(stack: &Stack, topology: &std::path::Path, n: usize) -> tokio::p
         .env("TRACELY_NATS_URL", stack.nats.url())
         .env("DATABASE_URL", &stack.database_url)
         .env("TRACELY_HTTP_ADDR", "127.0.0.1:0")
+        .env_remove("MEILI_URL")
         .env("TRACELY_TOPOLOGY", topology)
         .env("TRACELY_WEBHOOK_ALLOW_PRIVATE", "true")
         .env("TRACELY_WEBHOOK_TIMEOUT_SECS", "3")

@@ -7,13 +7,16 @@
 //!
 //! - Meilisearch unreachable: the batch is retried with backoff (its ack deadline extended),
 //!   and the rest of the backlog waits in the stream until it comes back.
-//! - A failed task: retried with backoff; if it keeps failing, the batch is retried document
-//!   by document. A document that fails on its
+//! - A task that failed for the server's reasons (disk, internal errors): retried like an
+//!   outage. A batch Meilisearch refuses as invalid: tried again a few times, then document by
+//!   document. A document that fails on its
 //!   own can never be indexed, and its messages are dead-lettered with the reason.
 //! - An incident not in Postgres yet: its messages are retried until `record` has written it,
 //!   and dead-lettered only if `record` has handled them and the row is still missing.
 //!
-//! The index's settings are applied at start-up, before any document is loaded.
+//! After a write, the same incidents are read again and any that changed meanwhile are
+//! written again, so another writer's older state never stays in the index. The index's
+//! settings are applied at start-up, before any document is loaded, and checked every minute.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
@@ -22,7 +25,7 @@ use async_nats::jetstream;
 use schemas::{IncidentActivity, IncidentTransition, TransitionKind};
 use sqlx::PgPool;
 use store::search::document::{self, SearchDocument};
-use store::search::meili::{Meili, MeiliError};
+use store::search::meili::{Meili, MeiliError, SyncError};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -36,8 +39,13 @@ use crate::topology::{ConsumerSpec, Topology, INCIDENTS};
 
 pub const CONSUMER: &str = "index";
 
-/// Times a failed Meilisearch task is tried before its documents are tried one by one.
+/// Times Meilisearch may refuse a batch as invalid before its documents are tried one by one.
 const TASK_ATTEMPTS: u32 = 3;
+/// How long, in polls, a batch waits in place for `record` to write incidents it lacks.
+const RECORD_POLLS: usize = 20;
+const RECORD_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often the index's settings are checked (and re-applied if the index was re-created).
+const SETTINGS_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct Indexer {
     js: jetstream::Context,
@@ -45,6 +53,7 @@ pub struct Indexer {
     meili: Meili,
     spec: ConsumerSpec,
     dead_letters: DeadLetters,
+    settings_checked: std::time::Instant,
 }
 
 impl Indexer {
@@ -55,6 +64,7 @@ impl Indexer {
             js,
             pool,
             meili,
+            settings_checked: std::time::Instant::now(),
         }
     }
 
@@ -157,31 +167,85 @@ impl Indexer {
                         None => indexed.push((msg, id)),
                     }
                 }
-                self.finish(indexed, &documents).await;
+                self.finish(indexed, &documents, shutdown).await;
                 return;
             }
         }
-        self.finish(held, &documents).await;
+        self.finish(held, &documents, shutdown).await;
     }
 
-    /// Acks the messages whose incident was indexed; those whose incident is not in Postgres
+    /// Checks what was written against Postgres (rewriting what changed meanwhile), then acks
+    /// the messages whose incident was indexed; those whose incident is not in Postgres yet
     /// wait for `record`.
     async fn finish(
         &self,
         held: Vec<(jetstream::Message, Uuid)>,
         documents: &BTreeMap<Uuid, SearchDocument>,
+        shutdown: &CancellationToken,
     ) {
+        let messages: Vec<jetstream::Message> = held.iter().map(|(m, _)| m.clone()).collect();
+        let sent: Vec<SearchDocument> = documents.values().cloned().collect();
+        let meili = &self.meili;
+        let verified = retry_until_stopped(
+            CONSUMER,
+            "verify",
+            shutdown,
+            || async {
+                match meili.rewrite_changed(&self.pool, &sent).await {
+                    Err(SyncError::Database(e)) if !is_transient_db_error(&e) => Ok(()),
+                    Err(SyncError::Meili(MeiliError::Rejected(reason))) => {
+                        tracing::warn!(
+                            reason,
+                            "a changed document was refused; its next change will index it"
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                    Ok(_) => Ok(()),
+                }
+            },
+            || extend_ack_wait(&messages),
+        )
+        .await;
+        if verified.is_none() {
+            return;
+        }
         let mut done = Vec::with_capacity(held.len());
+        let mut missing = Vec::new();
         for (msg, id) in held {
             if documents.contains_key(&id) {
                 done.push(msg);
-                continue;
+            } else {
+                missing.push((msg, id));
             }
-            let outcome = self.unrecorded(&msg, id).await;
-            settle(&msg, outcome, &self.spec, &self.dead_letters).await;
         }
         ack_all(CONSUMER, &done).await;
         telemetry::documents_indexed(documents.len());
+        if missing.is_empty() {
+            return;
+        }
+        // `record` reads the same messages: give it a moment before handing them back.
+        let mut late = Vec::new();
+        for _ in 0..RECORD_POLLS {
+            tokio::time::sleep(RECORD_POLL).await;
+            let ids: Vec<Uuid> = missing.iter().map(|(_, id)| *id).collect();
+            if let Ok(found) = document::for_incidents(&self.pool, &ids).await {
+                if found.len() == ids.len() {
+                    late = found;
+                    break;
+                }
+            }
+        }
+        if !late.is_empty() && self.meili.upsert(&late).await.is_ok() {
+            let messages: Vec<jetstream::Message> = missing.into_iter().map(|(m, _)| m).collect();
+            ack_all(CONSUMER, &messages).await;
+            telemetry::documents_indexed(late.len());
+            return;
+        }
+        for (msg, id) in missing {
+            let outcome = self.unrecorded(&msg, id).await;
+            settle(&msg, outcome, &self.spec, &self.dead_letters).await;
+        }
     }
 
     async fn unrecorded(&self, msg: &jetstream::Message, id: Uuid) -> Outcome {
@@ -204,7 +268,8 @@ impl Indexer {
         }
     }
 
-    /// Upserts, retrying while Meilisearch is unavailable. `Some(Err)` when its task failed.
+    /// Upserts, retrying while Meilisearch is unavailable. `Some(Err)` when it keeps refusing
+    /// the documents as invalid.
     async fn upsert_with_retry(
         &self,
         documents: &[SearchDocument],
@@ -221,12 +286,12 @@ impl Indexer {
                     Ok(()) => Ok(Ok(())),
                     // A failed task may be the server's passing trouble: try it again a few
                     // times before blaming the data.
-                    Err(MeiliError::TaskFailed(reason)) => {
+                    Err(MeiliError::Rejected(reason)) => {
                         let failures = task_failures.fetch_add(1, Ordering::Relaxed) + 1;
                         if failures >= TASK_ATTEMPTS {
                             Ok(Err(reason))
                         } else {
-                            Err(MeiliError::TaskFailed(reason))
+                            Err(MeiliError::Rejected(reason))
                         }
                     }
                     Err(e @ MeiliError::Unavailable(_)) => Err(e),
@@ -258,6 +323,24 @@ impl Indexer {
 impl BatchHandler for Indexer {
     async fn handle(&mut self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
         self.handle_batch(batch, shutdown).await;
+    }
+
+    async fn tick(&mut self, _shutdown: &CancellationToken) {
+        if self.settings_checked.elapsed() < SETTINGS_CHECK {
+            return;
+        }
+        self.settings_checked = std::time::Instant::now();
+        match self.meili.settings_current().await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => {
+                // Deleted and re-created with defaults, say: filters and facets would fail.
+                if let Err(e) = self.meili.apply_settings().await {
+                    tracing::warn!(error = %e, "re-applying the index settings failed; will try again");
+                } else {
+                    tracing::info!("re-applied the index settings");
+                }
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! `tracely reindex`: rebuilds the Meilisearch index of incidents from Postgres, with a progress
 //! bar and a summary. Safe while the pipeline runs: documents are the incidents' current rows,
-//! and incidents changed during the rebuild are written again at its end, so the rebuild never
-//! leaves an older state over a newer one the index consumer wrote.
+//! and after each page the same incidents are read again and those that changed meanwhile are
+//! written again, so the rebuild never leaves an older state over one the index consumer wrote.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -34,7 +34,6 @@ pub async fn run(args: ReindexArgs) -> anyhow::Result<ExitCode> {
     if args.clear {
         meili.clear().await.context("emptying the index")?;
     }
-    let started_at = chrono::Utc::now();
     let started = Instant::now();
     let total = document::count(&pool).await.context("counting incidents")?;
     let bar = ProgressBar::new(u64::try_from(total).unwrap_or(0)).with_style(
@@ -46,6 +45,7 @@ pub async fn run(args: ReindexArgs) -> anyhow::Result<ExitCode> {
     );
     let mut after = None;
     let mut indexed = 0u64;
+    let mut rewritten = 0usize;
     loop {
         let page = document::page_after(&pool, after, args.batch_size)
             .await
@@ -56,29 +56,23 @@ pub async fn run(args: ReindexArgs) -> anyhow::Result<ExitCode> {
             .upsert(&page)
             .await
             .context("adding documents to the index")?;
+        rewritten += meili
+            .rewrite_changed(&pool, &page)
+            .await
+            .context("checking the documents against Postgres")?;
         indexed += page.len() as u64;
         bar.set_position(indexed);
-    }
-    // Incidents the index consumer may have written while this ran.
-    let changed = document::changed_since(&pool, started_at)
-        .await
-        .context("reading incidents changed during the rebuild")?;
-    for chunk in changed.chunks(args.batch_size as usize) {
-        meili
-            .upsert(chunk)
-            .await
-            .context("adding documents to the index")?;
     }
     bar.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     let held = meili.count().await.context("counting the index")?;
     println!(
-        "reindexed {indexed} incidents into {} at {} in {seconds:.1} s ({:.0}/s); {} changed \
-         during the rebuild were written again; the index holds {held} documents",
+        "reindexed {indexed} incidents into {} at {} in {seconds:.1} s ({:.0}/s); \
+         {rewritten} changed during the rebuild and were written again; the index holds {held} \
+         documents",
         meili.index_uid(),
         config.url,
         indexed as f64 / seconds.max(0.001),
-        changed.len(),
     );
     pool.close().await;
     Ok(ExitCode::SUCCESS)

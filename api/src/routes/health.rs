@@ -125,7 +125,7 @@ async fn check_meilisearch(state: &AppState, timeout: Duration) -> Check {
         };
     };
     let mut result = check(timeout, async {
-        meili.health().await.map_err(|e| e.to_string())
+        meili.check().await.map_err(|e| e.to_string())
     })
     .await;
     let backlog = tokio::time::timeout(timeout, async {

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
-/// One incident in the index; `id` is the primary key. Times are unix seconds, so that
-/// Meilisearch can filter and sort on them.
+/// One incident in the index; `id` is the primary key. Times are unix seconds (with their
+/// fraction, so filters agree with Postgres to the microsecond), so that Meilisearch can filter
+/// and sort on them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
 pub struct SearchDocument {
     pub id: Uuid,
@@ -21,9 +22,9 @@ pub struct SearchDocument {
     pub status: String,
     pub department_id: Option<Uuid>,
     pub department_name: Option<String>,
-    pub opened_at: i64,
-    pub closed_at: Option<i64>,
-    pub resolved_at: Option<i64>,
+    pub opened_at: f64,
+    pub closed_at: Option<f64>,
+    pub resolved_at: Option<f64>,
     pub peak_value: f64,
     /// The text of every comment, oldest first.
     pub comments: Vec<String>,
@@ -37,9 +38,9 @@ const SELECT: &str =
         i.message, i.service_id, coalesce(s.display_name, i.service_id) AS service_name,
         i.rule_id, i.rule_name, i.severity, i.status, i.department_id,
         d.name AS department_name,
-        extract(epoch FROM i.opened_at)::bigint AS opened_at,
-        extract(epoch FROM i.closed_at)::bigint AS closed_at,
-        extract(epoch FROM i.resolved_at)::bigint AS resolved_at,
+        extract(epoch FROM i.opened_at)::float8 AS opened_at,
+        extract(epoch FROM i.closed_at)::float8 AS closed_at,
+        extract(epoch FROM i.resolved_at)::float8 AS resolved_at,
         i.peak_value,
         ARRAY(SELECT c.body FROM incident_comments c WHERE c.incident_id = i.id
               ORDER BY c.created_at, c.id) AS comments
@@ -69,22 +70,6 @@ pub async fn page_after<'e>(
     ))
     .bind(after)
     .bind(limit)
-    .fetch_all(executor)
-    .await
-}
-
-/// Documents of incidents changed (or commented on) since `since`: what a reindex reads again
-/// at its end, in case it wrote an older state over a newer one the index consumer had written.
-pub async fn changed_since<'e>(
-    executor: impl PgExecutor<'e>,
-    since: chrono::DateTime<chrono::Utc>,
-) -> Result<Vec<SearchDocument>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "{SELECT} WHERE i.updated_at >= $1
-            OR EXISTS (SELECT 1 FROM incident_comments c
-                       WHERE c.incident_id = i.id AND c.created_at >= $1)"
-    ))
-    .bind(since)
     .fetch_all(executor)
     .await
 }

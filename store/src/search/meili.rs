@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use meilisearch_sdk::client::Client;
-use meilisearch_sdk::errors::Error as SdkError;
+use meilisearch_sdk::errors::{Error as SdkError, ErrorType};
 use meilisearch_sdk::indexes::Index;
-use meilisearch_sdk::search::Selectors;
+use meilisearch_sdk::search::{MatchingStrategies, Selectors};
 use meilisearch_sdk::settings::{FacetSortValue, FacetingSettings, PaginationSetting, Settings};
 use meilisearch_sdk::task_info::TaskInfo;
 use meilisearch_sdk::tasks::Task;
@@ -21,11 +21,14 @@ use super::{Facets, SearchHit, SearchQuery, SearchResult, MARK_END, MARK_START, 
 /// The index incidents are kept in unless configured otherwise.
 pub const DEFAULT_INDEX: &str = "incidents";
 /// How long a task may take before waiting for it counts as a failure.
-const TASK_TIMEOUT: Duration = Duration::from_secs(60);
+pub const TASK_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Exact totals up to this many hits (Meilisearch estimates beyond its limit).
-const MAX_TOTAL_HITS: usize = 100_000;
+/// How long a search may take before it is answered from Postgres instead.
+const SEARCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Totals are exact up to this many hits. Meilisearch advises against more: it makes broad
+/// queries slow.
+pub const MAX_TOTAL_HITS: usize = 20_000;
 /// Stand-ins for the highlight tags, so the text around them can be escaped first.
 const PRE: &str = "\u{1}";
 const POST: &str = "\u{2}";
@@ -64,12 +67,14 @@ const HIGHLIGHTED: &[&str] = &["title", "message", "comments"];
 /// Why Meilisearch did not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum MeiliError {
-    /// It could not be reached, or answered with an error that may pass.
+    /// It could not be reached, or failed in a way that may pass (a task that failed for lack
+    /// of disk, an internal error, a wrong key that someone may fix).
     #[error("Meilisearch unavailable: {0}")]
     Unavailable(String),
-    /// It ran the task and the task failed: the data or settings are at fault.
-    #[error("Meilisearch task failed: {0}")]
-    TaskFailed(String),
+    /// It refused the request itself as invalid: the data or settings are at fault, and
+    /// sending the same again will fail again.
+    #[error("Meilisearch refused the request: {0}")]
+    Rejected(String),
 }
 
 impl From<SdkError> for MeiliError {
@@ -86,6 +91,19 @@ pub struct MeiliConfig {
     /// The index incidents are kept in.
     pub index: String,
 }
+
+/// Why writing verified documents failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Meili(#[from] MeiliError),
+    #[error("reading incidents from Postgres: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Rounds of re-reading after a write before giving up on catching a busy incident; the next
+/// change to it is indexed anyway.
+const VERIFY_ROUNDS: usize = 5;
 
 /// A Meilisearch server and the index incidents are kept in.
 #[derive(Clone)]
@@ -123,6 +141,25 @@ impl Meili {
         timed(self.client.health()).await.map(|_| ())
     }
 
+    /// Whether the index can be used with the configured key: the health check needs no key,
+    /// so this also reads the index.
+    pub async fn check(&self) -> Result<(), MeiliError> {
+        self.health().await?;
+        timed(self.client.get_index(&self.index.uid))
+            .await
+            .map(|_| ())
+    }
+
+    /// Whether the index still has the settings [`Meili::apply_settings`] gives it; false when
+    /// it was deleted and re-created with defaults.
+    pub async fn settings_current(&self) -> Result<bool, MeiliError> {
+        let mut filterable = timed(self.index.get_filterable_attributes()).await?;
+        filterable.sort_unstable();
+        let mut expected: Vec<&str> = FILTERABLE.to_vec();
+        expected.sort_unstable();
+        Ok(filterable == expected)
+    }
+
     /// Creates the index if needed and applies its settings (searchable, filterable and
     /// sortable attributes, ranking), waiting until they are in force.
     pub async fn apply_settings(&self) -> Result<(), MeiliError> {
@@ -158,6 +195,36 @@ impl Meili {
         self.wait(task).await
     }
 
+    /// After `sent` was written: reads the same incidents from Postgres again and rewrites those
+    /// that changed meanwhile, until the index holds what Postgres holds. Another writer (a
+    /// second index process, or a reindex) may have sent an older state after ours; whoever
+    /// wrote last is checked last, and Meilisearch applies an index's tasks in order, so this
+    /// converges. Returns how many were rewritten.
+    pub async fn rewrite_changed(
+        &self,
+        pool: &sqlx::PgPool,
+        sent: &[SearchDocument],
+    ) -> Result<usize, SyncError> {
+        let mut rewritten = 0;
+        let mut last: std::collections::HashMap<Uuid, SearchDocument> =
+            sent.iter().map(|d| (d.id, d.clone())).collect();
+        for _ in 0..VERIFY_ROUNDS {
+            let ids: Vec<Uuid> = last.keys().copied().collect();
+            let fresh = super::document::for_incidents(pool, &ids).await?;
+            let changed: Vec<SearchDocument> = fresh
+                .into_iter()
+                .filter(|d| last.get(&d.id) != Some(d))
+                .collect();
+            if changed.is_empty() {
+                return Ok(rewritten);
+            }
+            self.upsert(&changed).await?;
+            rewritten += changed.len();
+            last = changed.into_iter().map(|d| (d.id, d)).collect();
+        }
+        Ok(rewritten)
+    }
+
     /// Removes every document (and keeps the settings).
     pub async fn clear(&self) -> Result<(), MeiliError> {
         let task = timed(self.index.delete_all_documents()).await?;
@@ -166,23 +233,40 @@ impl Meili {
 
     /// How many documents the index holds.
     pub async fn count(&self) -> Result<u64, MeiliError> {
-        let stats = timed(self.index.get_stats()).await?;
-        Ok(stats.number_of_documents as u64)
+        let mut query = meilisearch_sdk::documents::DocumentsQuery::new(&self.index);
+        query.with_limit(1).with_fields(["id"]);
+        let page = timed(query.execute::<IdOnly>()).await?;
+        Ok(u64::from(page.total))
     }
 
     async fn wait(&self, task: TaskInfo) -> Result<(), MeiliError> {
-        let done = task
-            .wait_for_completion(
+        let waited = tokio::time::timeout(
+            TASK_TIMEOUT + REQUEST_TIMEOUT,
+            task.wait_for_completion(
                 &self.client,
                 Some(Duration::from_millis(50)),
                 Some(TASK_TIMEOUT),
-            )
-            .await?;
-        match done {
-            Task::Failed { content } => Err(MeiliError::TaskFailed(format!(
-                "{} ({:?})",
-                content.error.error_message, content.error.error_code
-            ))),
+            ),
+        )
+        .await
+        .map_err(|_| {
+            MeiliError::Unavailable(format!(
+                "a task did not finish within {} s",
+                TASK_TIMEOUT.as_secs()
+            ))
+        })??;
+        match waited {
+            Task::Failed { content } => {
+                let error = content.error;
+                let reason = format!("{} ({:?})", error.error_message, error.error_code);
+                // Only a request Meilisearch calls invalid is the data's fault; the rest
+                // (disk, internal errors) may pass.
+                if matches!(error.error_type, ErrorType::InvalidRequest) {
+                    Err(MeiliError::Rejected(reason))
+                } else {
+                    Err(MeiliError::Unavailable(reason))
+                }
+            }
             _ => Ok(()),
         }
     }
@@ -191,11 +275,15 @@ impl Meili {
     pub async fn search(&self, q: &SearchQuery) -> Result<SearchResult, MeiliError> {
         let filter = filter(q);
         let sort = ["opened_at:desc"];
+        let (limit, offset) = (
+            usize::try_from(q.limit).unwrap_or(0),
+            usize::try_from(q.offset).unwrap_or(0),
+        );
         let mut query = self.index.search();
         query
             .with_query(&q.q)
-            .with_limit(usize::try_from(q.limit).unwrap_or(0))
-            .with_offset(usize::try_from(q.offset).unwrap_or(0))
+            // Every word must match, as with Postgres.
+            .with_matching_strategy(MatchingStrategies::ALL)
             .with_facets(Selectors::Some(FACETS))
             .with_attributes_to_highlight(Selectors::Some(HIGHLIGHTED))
             .with_highlight_pre_tag(PRE)
@@ -206,7 +294,24 @@ impl Meili {
         if q.q.trim().is_empty() {
             query.with_sort(&sort);
         }
-        let found = timed(query.execute::<SearchDocument>()).await?;
+        // Pages give an exact total; an offset between pages only an estimate.
+        if limit > 0 && offset % limit == 0 {
+            query
+                .with_hits_per_page(limit)
+                .with_page(offset / limit + 1);
+        } else {
+            query.with_limit(limit).with_offset(offset);
+        }
+        let found =
+            match tokio::time::timeout(SEARCH_TIMEOUT, query.execute::<SearchDocument>()).await {
+                Ok(found) => found?,
+                Err(_) => {
+                    return Err(MeiliError::Unavailable(format!(
+                        "no answer to a search within {} s",
+                        SEARCH_TIMEOUT.as_secs()
+                    )))
+                }
+            };
         let mut facets = Facets::default();
         for (name, values) in found.facet_distribution.unwrap_or_default() {
             let target = match name.as_str() {
@@ -224,7 +329,7 @@ impl Meili {
             .collect();
         Ok(SearchResult {
             hits,
-            total: found.estimated_total_hits.unwrap_or(0) as u64,
+            total: found.total_hits.or(found.estimated_total_hits).unwrap_or(0) as u64,
             facets,
         })
     }
@@ -289,21 +394,24 @@ fn filter(q: &SearchQuery) -> String {
         ));
     }
     if let Some(from) = q.from {
-        parts.push(format!("opened_at >= {}", from.timestamp()));
+        parts.push(format!("opened_at >= {}", seconds(from)));
     }
     if let Some(to) = q.to {
-        // Opened before `to`: whole seconds, so round up and compare strictly.
-        let secs = to.timestamp() + i64::from(to.timestamp_subsec_nanos() > 0);
-        parts.push(format!("opened_at < {secs}"));
+        parts.push(format!("opened_at < {}", seconds(to)));
     }
     parts.join(" AND ")
+}
+
+/// Unix seconds with the microseconds, as documents hold times.
+fn seconds(at: chrono::DateTime<Utc>) -> f64 {
+    at.timestamp_micros() as f64 / 1e6
 }
 
 fn to_hit(
     doc: SearchDocument,
     formatted: Option<serde_json::Map<String, Value>>,
 ) -> Option<SearchHit> {
-    let time = |secs: i64| Utc.timestamp_opt(secs, 0).single();
+    let time = |secs: f64| Utc.timestamp_micros((secs * 1e6).round() as i64).single();
     let mut highlights = BTreeMap::new();
     for (field, value) in formatted.unwrap_or_default() {
         let text = match value {
@@ -367,7 +475,7 @@ mod tests {
         assert_eq!(
             filter(&q),
             "status = \"OPEN\" AND service_id = \"pay\\\"cell\" AND opened_at >= 1795428000 \
-             AND opened_at < 1795431601"
+             AND opened_at < 1795431600.5"
         );
         assert_eq!(filter(&SearchQuery::default()), "");
     }
