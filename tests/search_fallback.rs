@@ -68,5 +68,37 @@ async fn search_falls_back_to_postgres_while_meilisearch_is_unreachable() {
     assert!(waiting.num_pending >= 1, "{waiting:?}");
     let deadletters = js.get_stream("DEADLETTER").await.unwrap();
     assert_eq!(deadletters.cached_info().state.messages, 0);
+
+    // A rename puts nothing on INCIDENTS; the index consumer finds the incidents it touches.
+    let incident = app.incidents("").await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, before) = store::search::document::touched_by_renames(&app.pool, chrono::Utc::now())
+        .await
+        .unwrap();
+    let (status, body) = app
+        .patch(
+            "/api/services/paycell",
+            &json!({"display_name": "Payments cell"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (touched, after) = store::search::document::touched_by_renames(&app.pool, before)
+        .await
+        .unwrap();
+    assert_eq!(touched, [incident.parse::<uuid::Uuid>().unwrap()]);
+    let (untouched, _) = store::search::document::touched_by_renames(
+        &app.pool,
+        after + chrono::TimeDelta::seconds(1),
+    )
+    .await
+    .unwrap();
+    assert!(untouched.is_empty());
+    let document = store::search::document::for_incidents(&app.pool, &[touched[0]])
+        .await
+        .unwrap();
+    assert_eq!(document[0].service_name, "Payments cell");
+    assert_eq!(document[0].title, "Paycell timeout on Payments cell");
     app.stop().await;
 }

@@ -44,6 +44,10 @@ const TASK_ATTEMPTS: u32 = 3;
 /// How long, in polls, a batch waits in place for `record` to write incidents it lacks.
 const RECORD_POLLS: usize = 20;
 const RECORD_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often renamed services and departments are looked for, and how far back each look
+/// reaches past the previous one.
+const RENAMES_CHECK: std::time::Duration = std::time::Duration::from_secs(15);
+const RENAMES_OVERLAP_SECS: i64 = 10;
 /// How often the index's settings are checked (and re-applied if the index was re-created).
 const SETTINGS_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -54,6 +58,9 @@ pub struct Indexer {
     spec: ConsumerSpec,
     dead_letters: DeadLetters,
     settings_checked: std::time::Instant,
+    renames_checked: std::time::Instant,
+    /// Services and departments changed since this (database time) are looked for next.
+    renames_since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Indexer {
@@ -65,6 +72,8 @@ impl Indexer {
             pool,
             meili,
             settings_checked: std::time::Instant::now(),
+            renames_checked: std::time::Instant::now(),
+            renames_since: None,
         }
     }
 
@@ -248,6 +257,31 @@ impl Indexer {
         }
     }
 
+    /// Rewrites the documents of incidents whose service or department changed: a new display
+    /// name or department name puts no message on INCIDENTS. The first look only notes the time.
+    async fn refresh_renamed(&mut self) -> Result<(), SyncError> {
+        let Some(since) = self.renames_since else {
+            let (_, now) = document::touched_by_renames(&self.pool, chrono::Utc::now()).await?;
+            self.renames_since = Some(now);
+            return Ok(());
+        };
+        let (ids, now) = document::touched_by_renames(&self.pool, since).await?;
+        for chunk in ids.chunks(1000) {
+            let documents = document::for_incidents(&self.pool, chunk).await?;
+            self.meili.upsert(&documents).await?;
+            telemetry::documents_indexed(documents.len());
+        }
+        if !ids.is_empty() {
+            tracing::info!(
+                count = ids.len(),
+                "rewrote documents of renamed services and departments"
+            );
+        }
+        // A writer whose transaction began before `now` may commit after it: look back a little.
+        self.renames_since = Some(now - chrono::TimeDelta::seconds(RENAMES_OVERLAP_SECS));
+        Ok(())
+    }
+
     async fn unrecorded(&self, msg: &jetstream::Message, id: Uuid) -> Outcome {
         let Ok(info) = msg.info() else {
             return Outcome::Retry;
@@ -326,6 +360,12 @@ impl BatchHandler for Indexer {
     }
 
     async fn tick(&mut self, _shutdown: &CancellationToken) {
+        if self.renames_checked.elapsed() >= RENAMES_CHECK {
+            self.renames_checked = std::time::Instant::now();
+            if let Err(e) = self.refresh_renamed().await {
+                tracing::warn!(error = %e, "refreshing renamed services' and departments' incidents failed; will try again");
+            }
+        }
         if self.settings_checked.elapsed() < SETTINGS_CHECK {
             return;
         }

@@ -74,6 +74,29 @@ pub async fn page_after<'e>(
     .await
 }
 
+/// Incidents whose service or department was changed (renamed, say) at or after `since`, whose
+/// documents therefore show old names; and the database's time now, the next `since`.
+pub async fn touched_by_renames<'e>(
+    executor: impl PgExecutor<'e>,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<(Vec<Uuid>, chrono::DateTime<chrono::Utc>), sqlx::Error> {
+    let rows: Vec<(Option<Uuid>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "WITH touched AS (
+             SELECT i.id FROM incidents i JOIN services s ON s.id = i.service_id
+             WHERE s.updated_at >= $1
+             UNION
+             SELECT i.id FROM incidents i JOIN departments d ON d.id = i.department_id
+             WHERE d.updated_at >= $1)
+         SELECT t.id, now() FROM (SELECT now()) AS clock
+         LEFT JOIN touched t ON true",
+    )
+    .bind(since)
+    .fetch_all(executor)
+    .await?;
+    let now = rows.first().map(|r| r.1).unwrap_or_else(chrono::Utc::now);
+    Ok((rows.into_iter().filter_map(|r| r.0).collect(), now))
+}
+
 /// How many incidents there are: what a full index holds.
 pub async fn count<'e>(executor: impl PgExecutor<'e>) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM incidents")
