@@ -139,6 +139,14 @@ async fn setup(server: &Server) -> Setup {
     }
 }
 
+impl Setup {
+    /// Stops Tracely and deletes the test's index, so a shared server keeps nothing.
+    async fn finish(self) {
+        self.app.stop().await;
+        let _ = self.meili.delete_index().await;
+    }
+}
+
 async fn search(app: &App, query: &str) -> Value {
     let (status, body) = app.get(&format!("/api/search?{query}")).await;
     assert_eq!(status, 200, "{body}");
@@ -197,7 +205,7 @@ async fn an_opened_incident_is_searchable_within_two_seconds(server: &Server) {
         recorded.elapsed()
     );
     assert_eq!(ids(&found), [incident["id"].as_str().unwrap()]);
-    s.app.stop().await;
+    s.finish().await;
 }
 
 async fn typos_filters_facets_and_comments(server: &Server) {
@@ -238,6 +246,21 @@ async fn typos_filters_facets_and_comments(server: &Server) {
     assert_eq!(ledger["meta"]["total"], 1);
     let none = search(&s.app, "q=&from=2030-01-01T00:00:00Z").await;
     assert_eq!(none["meta"]["total"], 0);
+    let before = search(&s.app, "q=&to=2030-01-01T00:00:00Z&status=OPEN").await;
+    assert_eq!(before["meta"]["total"], 3);
+    let closed = search(&s.app, "q=&status=CLOSED").await;
+    assert_eq!(closed["meta"]["total"], 0);
+    let (status, dept) = s
+        .app
+        .post("/api/departments", &json!({"name": "Payments"}))
+        .await;
+    assert_eq!(status, 201, "{dept}");
+    let unowned = search(
+        &s.app,
+        &format!("q=&department_id={}", dept["data"]["id"].as_str().unwrap()),
+    )
+    .await;
+    assert_eq!(unowned["meta"]["total"], 0);
 
     // A comment's text becomes searchable.
     let id = ids(&search(&s.app, "q=paycell").await)[0].clone();
@@ -258,7 +281,7 @@ async fn typos_filters_facets_and_comments(server: &Server) {
         .as_str()
         .unwrap()
         .contains("<mark>"));
-    s.app.stop().await;
+    s.finish().await;
 }
 
 async fn the_index_catches_up_after_meilisearch_was_down(server: &Server) {
@@ -304,7 +327,7 @@ async fn the_index_catches_up_after_meilisearch_was_down(server: &Server) {
     )
     .await;
     assert_eq!(s.meili.count().await.unwrap(), 50);
-    s.app.stop().await;
+    s.finish().await;
 }
 
 async fn reindex_restores_every_document(server: &Server) {
@@ -346,5 +369,5 @@ async fn reindex_restores_every_document(server: &Server) {
     );
     assert!(stdout.contains("reindexed 20 incidents"), "{stdout}");
     assert_eq!(s.meili.ids().await.unwrap(), expected);
-    s.app.stop().await;
+    s.finish().await;
 }

@@ -225,6 +225,12 @@ impl Meili {
         Ok(rewritten)
     }
 
+    /// Deletes the index itself, documents and settings.
+    pub async fn delete_index(&self) -> Result<(), MeiliError> {
+        let task = timed(self.index.clone().delete()).await?;
+        self.wait(task).await
+    }
+
     /// Removes every document (and keeps the settings).
     pub async fn clear(&self) -> Result<(), MeiliError> {
         let task = timed(self.index.delete_all_documents()).await?;
