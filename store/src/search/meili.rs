@@ -26,6 +26,8 @@ pub const TASK_TIMEOUT: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a search may take before it is answered from Postgres instead.
 const SEARCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long searches skip Meilisearch after one failed.
+pub const SEARCH_REST: Duration = Duration::from_secs(10);
 /// Totals are exact up to this many hits. Meilisearch advises against more: it makes broad
 /// queries slow.
 pub const MAX_TOTAL_HITS: usize = 20_000;
@@ -110,6 +112,9 @@ const VERIFY_ROUNDS: usize = 5;
 pub struct Meili {
     client: Client,
     index: Index,
+    /// Until when (unix milliseconds) searches skip Meilisearch after it failed one, so an
+    /// outage costs one timeout, not one per search.
+    resting_until: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for Meili {
@@ -125,7 +130,11 @@ impl Meili {
     pub fn new(url: &str, key: Option<&str>, index: &str) -> Result<Meili, MeiliError> {
         let client = Client::new(url, key).map_err(MeiliError::from)?;
         let index = client.index(index);
-        Ok(Meili { client, index })
+        Ok(Meili {
+            client,
+            index,
+            resting_until: Default::default(),
+        })
     }
 
     pub fn from_config(config: &MeiliConfig) -> Result<Meili, MeiliError> {
@@ -278,7 +287,25 @@ impl Meili {
     }
 
     /// Searches with typo tolerance; filters, facets and highlights as [`SearchQuery`] says.
+    /// After a failure, searches are refused at once for [`SEARCH_REST`], for the caller to
+    /// answer otherwise.
     pub async fn search(&self, q: &SearchQuery) -> Result<SearchResult, MeiliError> {
+        use std::sync::atomic::Ordering;
+        let now = Utc::now().timestamp_millis();
+        if now < self.resting_until.load(Ordering::Relaxed) {
+            return Err(MeiliError::Unavailable(
+                "resting after a failed search".to_owned(),
+            ));
+        }
+        let result = self.search_now(q).await;
+        if let Err(MeiliError::Unavailable(_)) = &result {
+            let rest = i64::try_from(SEARCH_REST.as_millis()).unwrap_or(i64::MAX);
+            self.resting_until.store(now + rest, Ordering::Relaxed);
+        }
+        result
+    }
+
+    async fn search_now(&self, q: &SearchQuery) -> Result<SearchResult, MeiliError> {
         let filter = filter(q);
         let sort = ["opened_at:desc"];
         let (limit, offset) = (
@@ -484,6 +511,19 @@ mod tests {
              AND opened_at < 1795431600.5"
         );
         assert_eq!(filter(&SearchQuery::default()), "");
+    }
+
+    #[tokio::test]
+    async fn a_failed_search_rests_meilisearch_for_a_while() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let meili = Meili::new(&format!("http://{closed}"), None, DEFAULT_INDEX).unwrap();
+        let first = meili.search(&SearchQuery::default()).await.unwrap_err();
+        assert!(!first.to_string().contains("resting"), "{first}");
+        let second = meili.search(&SearchQuery::default()).await.unwrap_err();
+        assert!(second.to_string().contains("resting"), "{second}");
     }
 
     #[test]
