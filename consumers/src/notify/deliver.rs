@@ -21,7 +21,7 @@ use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use serde_json::json;
 use sqlx::PgPool;
-use store::channels::Channel;
+use store::channels::{Channel, ChannelKind};
 use store::deliveries::{self, AttemptResult, DeliveryRecord};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -221,7 +221,8 @@ impl Shared {
         };
         let Some(channel) = channel.filter(|c| c.enabled) else {
             deliveries::cancel(&self.pool, id, "the channel was deleted or disabled").await?;
-            telemetry::notification(leak(&delivery.channel_kind), "cancelled");
+            let kind = delivery.channel_kind.parse().map(ChannelKind::as_str);
+            telemetry::notification(kind.unwrap_or("other"), "cancelled");
             return Ok(Step::Ack);
         };
         let wait = delivery.due_at - Utc::now();
@@ -473,14 +474,4 @@ fn body(
         events,
     };
     serde_json::to_string(&body).expect("bodies serialize")
-}
-
-/// Channel kinds as metric labels (a small fixed set).
-fn leak(kind: &str) -> &'static str {
-    match kind {
-        "in_app" => "in_app",
-        "webhook" => "webhook",
-        "slack" => "slack",
-        _ => "other",
-    }
 }
