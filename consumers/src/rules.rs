@@ -7,42 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pipeline::Rule;
-use schemas::Span;
 use sqlx::postgres::PgListener;
 use sqlx::PgPool;
-use store::rules::{RuleRecord, CHANGED_CHANNEL};
+use store::rules::CHANGED_CHANNEL;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 const SAFETY_NET: Duration = Duration::from_secs(30);
 
-pub fn to_engine_rule(r: &RuleRecord) -> Rule {
-    Rule {
-        id: r.id,
-        name: r.name.clone(),
-        kind: r.kind,
-        metric_type: r.metric_type.clone(),
-        service_id: r.service_id.clone(),
-        labels: r.labels.0.clone(),
-        aggregation: r.aggregation,
-        window: Span(r.window_ms),
-        operator: r.operator,
-        threshold: r.threshold,
-        pending_for: Span(r.pending_for_ms),
-        clear_threshold: r.clear_threshold,
-        clear_for: Span(r.clear_for_ms),
-        auto_resolve: r.auto_resolve,
-        severity: r.severity,
-        department_id: r.department_id,
-        enabled: r.enabled,
-    }
-}
-
 pub async fn load(pool: &PgPool) -> Result<Vec<Rule>, sqlx::Error> {
     Ok(store::rules::list_all(pool)
         .await?
         .iter()
-        .map(to_engine_rule)
+        .map(replay::rules::engine_rule)
         .collect())
 }
 

@@ -15,8 +15,8 @@ pub const BUILT_IN: &str = include_str!("../../nats/topology.toml");
 /// The oldest nats-server with the features Tracely uses.
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 10);
 
-pub const METRICS: &str = "METRICS";
-pub const INCIDENTS: &str = "INCIDENTS";
+pub const METRICS: &str = schemas::subject::METRICS_STREAM;
+pub const INCIDENTS: &str = schemas::subject::INCIDENTS_STREAM;
 pub const DEADLETTER: &str = "DEADLETTER";
 pub const DELIVERIES: &str = "DELIVERIES";
 

@@ -63,6 +63,9 @@ pub struct Engine {
     /// Event time a partial re-read after a restart starts at: points whose window reaches
     /// before it only fill.
     rebuild_since: Option<i64>,
+    /// Event time a replay's reading starts at when older samples exist: points whose window
+    /// reaches before it only fill, so a partial window cannot fire.
+    warm_up_since: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -174,6 +177,7 @@ impl Engine {
             late: 0,
             guided_floor: 0,
             rebuild_since: None,
+            warm_up_since: None,
         };
         engine.set_rules(rules);
         engine
@@ -295,6 +299,12 @@ impl Engine {
         self.rebuild_since = since.map(|s| s.timestamp_millis());
     }
 
+    /// Starts a replay that reads from `since` while older samples exist: points whose window
+    /// reaches before `since` only fill the window.
+    pub fn set_warm_up(&mut self, since: DateTime<Utc>) {
+        self.warm_up_since = Some(since.timestamp_millis());
+    }
+
     /// How far back in event time a restart must re-read for every window, pending and
     /// clearing period of the current rules to be rebuilt: a window to fill, then a window and
     /// the pending and clearing periods to evaluate.
@@ -406,6 +416,7 @@ impl Engine {
             source,
             late,
             rebuild_since,
+            warm_up_since,
             ..
         } = self;
         let series = &mut series[sid as usize];
@@ -438,6 +449,7 @@ impl Engine {
                 out: &mut *out,
                 guided,
                 rebuild_from: *rebuild_since,
+                warm_up_since: *warm_up_since,
             };
             let was_dirty = state.dirty;
             match rule.kind {
@@ -489,7 +501,7 @@ impl Engine {
     pub fn tick(&mut self, now_ms: i64, out: &mut Vec<IncidentTransition>) {
         if self.idle_advance {
             self.advance(
-                |state| state.watermark.map(|w| w + (now_ms - state.seen_at).max(0)),
+                |state, _| state.watermark.map(|w| w + (now_ms - state.seen_at).max(0)),
                 out,
             );
         }
@@ -498,12 +510,28 @@ impl Engine {
     /// Treats event time as having reached `at` for every series (the end of a replay).
     pub fn finish(&mut self, at: DateTime<Utc>, out: &mut Vec<IncidentTransition>) {
         let at = at.timestamp_millis();
-        self.advance(|state| Some(state.watermark.map_or(at, |w| w.max(at))), out);
+        self.advance(
+            |state, _| Some(state.watermark.map_or(at, |w| w.max(at))),
+            out,
+        );
+    }
+
+    /// Makes every point at or before `at` final, as if each series' samples had gone on for
+    /// its rule's lateness (the end of a replay whose samples end at `at`).
+    pub fn close_through(&mut self, at: DateTime<Utc>, out: &mut Vec<IncidentTransition>) {
+        let at = at.timestamp_millis();
+        self.advance(
+            |state, lateness| {
+                let through = at.saturating_add(lateness);
+                Some(state.watermark.map_or(through, |w| w.max(through)))
+            },
+            out,
+        );
     }
 
     fn advance(
         &mut self,
-        watermark: impl Fn(&RuleState) -> Option<i64>,
+        watermark: impl Fn(&RuleState, i64) -> Option<i64>,
         out: &mut Vec<IncidentTransition>,
     ) {
         let Engine {
@@ -512,6 +540,7 @@ impl Engine {
             dirty,
             allowed_lateness,
             source,
+            warm_up_since,
             ..
         } = self;
         for (sid, series) in series.iter_mut().enumerate() {
@@ -523,7 +552,8 @@ impl Engine {
             };
             for (i, state) in series.states.iter_mut().enumerate() {
                 let rule = &rules[state.slot];
-                let Some(watermark) = watermark(state) else {
+                let lateness = rule.lateness(*allowed_lateness);
+                let Some(watermark) = watermark(state, lateness) else {
                     continue;
                 };
                 if !rule.enabled || rule.judges_single_samples() {
@@ -536,8 +566,9 @@ impl Engine {
                     out: &mut *out,
                     guided: false,
                     rebuild_from: None,
+                    warm_up_since: *warm_up_since,
                 };
-                let frontier = watermark - rule.lateness(*allowed_lateness);
+                let frontier = watermark - lateness;
                 let was_dirty = state.dirty;
                 match rule.kind {
                     RuleKind::Absent => drain_absent(state, frontier, &mut ctx),
@@ -698,6 +729,7 @@ struct Step<'a> {
     /// Re-reading samples a previous process applied: rebuild, emit nothing.
     guided: bool,
     rebuild_from: Option<i64>,
+    warm_up_since: Option<i64>,
 }
 
 /// Evaluates every point of the window up to `frontier`.
@@ -718,6 +750,12 @@ fn step(state: &mut RuleState, point: i64, value: Option<f64>, ctx: &mut Step) {
         return;
     }
     let rule = ctx.rule;
+    if ctx
+        .warm_up_since
+        .is_some_and(|since| point < since + rule.window.millis())
+    {
+        return; // a replay's window is not full yet
+    }
     let violating = value.is_some_and(|v| rule.violated_by(v));
     match &mut state.phase {
         Phase::Ok | Phase::Pending { .. } if !violating => state.phase = Phase::Ok,

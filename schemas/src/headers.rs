@@ -15,3 +15,7 @@ pub const DEADLETTER_STREAM: &str = "Tracely-Original-Stream";
 pub const DEADLETTER_SEQUENCE: &str = "Tracely-Original-Sequence";
 pub const DEADLETTER_CONSUMER: &str = "Tracely-Consumer";
 pub const DEADLETTER_DELIVERED: &str = "Tracely-Delivered";
+
+/// On a backfilled incident transition: `true` asks `notify` to notify it like a live one
+/// (`tracely replay --notify`). Backfills are not notified otherwise.
+pub const NOTIFY_BACKFILL: &str = "Tracely-Notify";

@@ -22,5 +22,5 @@ pub use incident::{
     Aggregation, IncidentSnapshot, IncidentStatus, IncidentTransition, Operator, ParseEnumError,
     RuleKind, Severity, Source, TransitionKind,
 };
-pub use sample::{DecodeError, Encoding, FieldError, MetricSample};
+pub use sample::{DecodeError, Encoding, FieldError, MessageError, MetricSample};
 pub use subject::SubjectError;

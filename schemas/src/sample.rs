@@ -89,6 +89,48 @@ impl FieldError {
     }
 }
 
+/// Why a METRICS message is not a sample: a small fixed `kind` (`subject`, `decode`,
+/// `invalid`, `subject_mismatch`) and the reason in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct MessageError {
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+impl MetricSample {
+    /// Reads a METRICS message: its subject, `Content-Type` header and body must agree.
+    pub fn from_message(
+        subject: &str,
+        content_type: Option<&str>,
+        payload: &[u8],
+    ) -> Result<MetricSample, MessageError> {
+        let (service_id, metric_type) =
+            crate::subject::parse_metrics_subject(subject).map_err(|e| MessageError {
+                kind: "subject",
+                reason: e.to_string(),
+            })?;
+        let sample = MetricSample::decode(payload, Encoding::from_content_type(content_type))
+            .map_err(|e| MessageError {
+                kind: match e {
+                    DecodeError::Field(_) => "invalid",
+                    _ => "decode",
+                },
+                reason: e.to_string(),
+            })?;
+        if sample.service_id != service_id || sample.metric_type != metric_type {
+            return Err(MessageError {
+                kind: "subject_mismatch",
+                reason: format!(
+                    "body is for {}.{} but was published on {subject}",
+                    sample.service_id, sample.metric_type
+                ),
+            });
+        }
+        Ok(sample)
+    }
+}
+
 /// Why a message body could not become a [`MetricSample`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {

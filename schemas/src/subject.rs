@@ -4,6 +4,10 @@
 
 use crate::sample::{validate_metric_type, validate_service_id};
 
+/// The streams Tracely's subjects live in.
+pub const METRICS_STREAM: &str = "METRICS";
+pub const INCIDENTS_STREAM: &str = "INCIDENTS";
+
 pub const METRICS_PREFIX: &str = "metrics";
 pub const INCIDENTS_PREFIX: &str = "incidents";
 pub const DELIVERIES_PREFIX: &str = "deliveries";

@@ -420,6 +420,42 @@ pub async fn live_last_resolutions(
     .await
 }
 
+/// What a backfill compares its incidents with: an incident's episode and how far it got.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Episode {
+    pub id: Uuid,
+    pub rule_id: Uuid,
+    pub series_key: String,
+    pub opened_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub peak_value: f64,
+    pub violation_count: i64,
+    pub last_sample_seq: i64,
+}
+
+/// Incidents of `rule_ids`, from any source, that were open at some point in `[from, to]`
+/// (either end open when `None`).
+pub async fn episodes_between(
+    pool: &PgPool,
+    rule_ids: &[Uuid],
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> Result<Vec<Episode>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, rule_id, series_key, opened_at, resolved_at, peak_value, violation_count,
+                last_sample_seq
+         FROM incidents
+         WHERE rule_id = ANY($1)
+           AND ($2::timestamptz IS NULL OR resolved_at IS NULL OR resolved_at >= $2)
+           AND ($3::timestamptz IS NULL OR opened_at <= $3)",
+    )
+    .bind(rule_ids)
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Handling one METRICS message: decode and validate it against its subject.
 
 use async_nats::jetstream;
-use schemas::{headers, Encoding, MetricSample};
+use schemas::{headers, MetricSample};
 
 use crate::jetstream::Rejection;
 
@@ -20,31 +20,10 @@ pub fn decode_parts(
     content_type: Option<&str>,
     payload: &[u8],
 ) -> Result<MetricSample, Rejection> {
-    let (service_id, metric_type) =
-        schemas::subject::parse_metrics_subject(subject).map_err(|e| Rejection {
-            kind: "subject",
-            reason: e.to_string(),
-        })?;
-    let sample =
-        MetricSample::decode(payload, Encoding::from_content_type(content_type)).map_err(|e| {
-            Rejection {
-                kind: match e {
-                    schemas::DecodeError::Field(_) => "invalid",
-                    _ => "decode",
-                },
-                reason: e.to_string(),
-            }
-        })?;
-    if sample.service_id != service_id || sample.metric_type != metric_type {
-        return Err(Rejection {
-            kind: "subject_mismatch",
-            reason: format!(
-                "body is for {}.{} but was published on {subject}",
-                sample.service_id, sample.metric_type
-            ),
-        });
-    }
-    Ok(sample)
+    MetricSample::from_message(subject, content_type, payload).map_err(|e| Rejection {
+        kind: e.kind,
+        reason: e.reason,
+    })
 }
 
 #[cfg(test)]

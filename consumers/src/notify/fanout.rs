@@ -97,7 +97,12 @@ impl Notifier {
     }
 
     async fn handle_one(&self, msg: &jetstream::Message) -> Outcome {
-        let parsed = match parse(&msg.subject, &msg.payload) {
+        let notify_backfill = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(schemas::headers::NOTIFY_BACKFILL))
+            .is_some_and(|v| v.as_str() == "true");
+        let parsed = match parse(&msg.subject, &msg.payload, notify_backfill) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return Outcome::Done,
             Err(reason) => {
@@ -545,9 +550,9 @@ impl Parsed {
     }
 }
 
-/// Reads a message; `Ok(None)` for messages that notify nobody (updates, backfills, other
-/// activity), `Err` with the reason for one that cannot be read.
-fn parse(subject: &str, bytes: &[u8]) -> Result<Option<Parsed>, String> {
+/// Reads a message; `Ok(None)` for messages that notify nobody (updates, backfills not marked
+/// `notify_backfill`, other activity), `Err` with the reason for one that cannot be read.
+fn parse(subject: &str, bytes: &[u8], notify_backfill: bool) -> Result<Option<Parsed>, String> {
     let kind = subject.rsplit('.').next().unwrap_or_default();
     if kind == ActivityKind::StatusChanged.as_str() {
         let activity = IncidentActivity::from_msgpack(bytes).map_err(|e| e.to_string())?;
@@ -566,8 +571,8 @@ fn parse(subject: &str, bytes: &[u8]) -> Result<Option<Parsed>, String> {
         return Ok(None);
     }
     let t = IncidentTransition::from_msgpack(bytes).map_err(|e| e.to_string())?;
-    // Backfilled incidents are history, not news.
-    if t.incident.source == Source::Backfill {
+    // Backfilled incidents are history, not news, unless the backfill asked otherwise.
+    if t.incident.source == Source::Backfill && !notify_backfill {
         return Ok(None);
     }
     let kind = match t.kind {

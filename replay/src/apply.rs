@@ -1,0 +1,227 @@
+//! Writing a replay's incidents: published to INCIDENTS like live transitions, with the same
+//! deterministic ids and message ids, and written to Postgres by `record`.
+//!
+//! Before publishing, the incidents are compared with those already stored for the same rules:
+//! - one stored under the same id in the same state is left alone, so re-running a backfill
+//!   changes nothing;
+//! - one stored under the same id in another state is published again; `record` merges it, and
+//!   merging only moves counts, peaks and times forward;
+//! - one that overlaps in time an incident stored under another id for the same rule and
+//!   series is skipped: that episode is already known (the live pipeline saw it start later, or
+//!   an earlier backfill began at another point), and a second incident would duplicate it.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
+use schemas::IncidentTransition;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::run::WouldBe;
+
+/// The consumer that writes incidents to Postgres.
+pub const RECORD: &str = "record";
+/// How long `record` may make no progress before the wait gives up.
+const RECORD_STALL: Duration = Duration::from_secs(60);
+/// Publishes in flight at once.
+const PUBLISH_WINDOW: usize = 256;
+
+/// What applying did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// Incidents published to be written or brought up to date.
+    pub written: u64,
+    /// Incidents already stored in the same state.
+    pub unchanged: u64,
+    /// Incidents skipped because another stored incident covers the same episode.
+    pub overlapping: u64,
+    /// Transitions published.
+    pub transitions: u64,
+}
+
+/// How far `record` has got with what was published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recording {
+    pub recorded_through: u64,
+    pub published_through: u64,
+}
+
+/// Sorts the incidents into what to publish, and publishes it. `notify` marks the transitions
+/// for `notify`, which skips backfills otherwise.
+pub async fn publish(
+    js: &jetstream::Context,
+    pool: &PgPool,
+    incidents: &[WouldBe],
+    notify: bool,
+) -> anyhow::Result<(Applied, u64)> {
+    let mut applied = Applied::default();
+    let stored = stored_episodes(pool, incidents).await?;
+    let mut headers = HeaderMap::new();
+    if notify {
+        headers.insert(schemas::headers::NOTIFY_BACKFILL, "true");
+    }
+    let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(PUBLISH_WINDOW);
+    let mut last_seq = 0;
+    for w in incidents {
+        match verdict(w, &stored) {
+            Verdict::Unchanged => {
+                applied.unchanged += 1;
+                continue;
+            }
+            Verdict::Overlapping(other) => {
+                tracing::debug!(incident = %w.latest.id, %other, "skipping an episode already stored");
+                applied.overlapping += 1;
+                continue;
+            }
+            Verdict::Write => applied.written += 1,
+        }
+        for t in w.transitions() {
+            acks.push(send(js, &t, &headers).await?);
+            applied.transitions += 1;
+            if acks.len() >= PUBLISH_WINDOW {
+                last_seq = last_seq.max(settle(&mut acks).await?);
+            }
+        }
+    }
+    last_seq = last_seq.max(settle(&mut acks).await?);
+    Ok((applied, last_seq))
+}
+
+/// Waits until `record` has written everything up to `through`, reporting as it goes.
+pub async fn wait_for_record(
+    js: &jetstream::Context,
+    through: u64,
+    cancel: &CancellationToken,
+    mut report: impl FnMut(Recording),
+) -> anyhow::Result<()> {
+    if through == 0 {
+        return Ok(());
+    }
+    let mut last = (0, Instant::now());
+    loop {
+        let stream = js
+            .get_stream(schemas::subject::INCIDENTS_STREAM)
+            .await
+            .context("looking up INCIDENTS")?;
+        let floor = match stream.consumer_info(RECORD).await {
+            Ok(info) => info.ack_floor.stream_sequence,
+            Err(e) => anyhow::bail!(
+                "the incidents are published, but there is no `record` consumer to write them \
+                 ({e}); run `tracely run` (role record) and they will be written"
+            ),
+        };
+        report(Recording {
+            recorded_through: floor.min(through),
+            published_through: through,
+        });
+        if floor >= through {
+            return Ok(());
+        }
+        if floor > last.0 {
+            last = (floor, Instant::now());
+        } else if last.1.elapsed() >= RECORD_STALL {
+            anyhow::bail!(
+                "the incidents are published, but `record` has written nothing for {}s \
+                 (it is at INCIDENTS sequence {floor} of {through}); they will be written when \
+                 it catches up",
+                RECORD_STALL.as_secs()
+            );
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => anyhow::bail!("stopped while waiting for `record`"),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+async fn send(
+    js: &jetstream::Context,
+    t: &IncidentTransition,
+    headers: &HeaderMap,
+) -> anyhow::Result<PublishAckFuture> {
+    let message = PublishMessage::build()
+        .payload(t.to_msgpack().into())
+        .message_id(t.message_id())
+        .headers(headers.clone());
+    js.send_publish(t.subject(), message)
+        .await
+        .context("publishing a backfilled transition")
+}
+
+/// Waits for every ack in flight; returns the highest stream sequence.
+async fn settle(acks: &mut Vec<PublishAckFuture>) -> anyhow::Result<u64> {
+    let mut last = 0;
+    for ack in acks.drain(..) {
+        let ack = ack
+            .await
+            .context("INCIDENTS did not confirm a backfilled transition")?;
+        last = last.max(ack.sequence);
+    }
+    Ok(last)
+}
+
+type Stored = HashMap<(Uuid, String), Vec<store::incidents::Episode>>;
+
+async fn stored_episodes(pool: &PgPool, incidents: &[WouldBe]) -> anyhow::Result<Stored> {
+    if incidents.is_empty() {
+        return Ok(Stored::new());
+    }
+    let mut rule_ids: Vec<Uuid> = incidents.iter().map(|w| w.latest.rule_id).collect();
+    rule_ids.sort_unstable();
+    rule_ids.dedup();
+    let from = incidents.iter().map(|w| w.latest.opened_at).min();
+    let to = incidents
+        .iter()
+        .map(|w| w.latest.resolved_at)
+        .try_fold(DateTime::<Utc>::MIN_UTC, |acc, r| r.map(|r| acc.max(r)));
+    let episodes = store::incidents::episodes_between(pool, &rule_ids, from, to)
+        .await
+        .context("reading the incidents already stored for these rules")?;
+    let mut stored = Stored::new();
+    for e in episodes {
+        stored
+            .entry((e.rule_id, e.series_key.clone()))
+            .or_default()
+            .push(e);
+    }
+    Ok(stored)
+}
+
+enum Verdict {
+    Write,
+    Unchanged,
+    Overlapping(Uuid),
+}
+
+fn verdict(w: &WouldBe, stored: &Stored) -> Verdict {
+    let i = &w.latest;
+    let Some(episodes) = stored.get(&(i.rule_id, i.series_key.clone())) else {
+        return Verdict::Write;
+    };
+    if let Some(same) = episodes.iter().find(|e| e.id == i.id) {
+        // Merging only moves forward: a row that got at least as far has nothing to learn.
+        let unchanged = (same.resolved_at.is_some() || i.resolved_at.is_none())
+            && same.violation_count >= i64::try_from(i.violation_count).unwrap_or(i64::MAX)
+            && same.last_sample_seq >= i64::try_from(i.last_sample_seq).unwrap_or(i64::MAX);
+        return if unchanged {
+            Verdict::Unchanged
+        } else {
+            Verdict::Write
+        };
+    }
+    let overlaps = |e: &&store::incidents::Episode| {
+        let ends_after_we_open = e.resolved_at.is_none_or(|r| r >= i.opened_at);
+        let opens_before_we_end = i.resolved_at.is_none_or(|r| e.opened_at <= r);
+        ends_after_we_open && opens_before_we_end
+    };
+    match episodes.iter().find(overlaps) {
+        Some(e) => Verdict::Overlapping(e.id),
+        None => Verdict::Write,
+    }
+}
