@@ -199,6 +199,9 @@ impl Application {
                 max_body_bytes: http.max_body_bytes,
                 cors_origins: http.cors_origins.clone(),
                 targets: settings.notify.targets,
+                allowed_lateness: schemas::Span(
+                    i64::try_from(settings.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
+                ),
             }),
         };
         let app = if settings.roles.contains(&Role::Api) {

@@ -55,6 +55,8 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
     /// Which URLs notification channels may call.
     pub targets: store::targets::TargetPolicy,
+    /// The live pipeline's allowed lateness, which backtests and backfills replay with.
+    pub allowed_lateness: schemas::Span,
 }
 
 /// The whole router, ready to serve or to call with `oneshot` in tests.

@@ -8,6 +8,7 @@
 //! `notify` treat them like any other.
 
 pub mod apply;
+pub mod backfill;
 pub mod bound;
 pub mod plan;
 pub mod rules;
