@@ -31,30 +31,38 @@ pub async fn publish_samples(
     js: &jetstream::Context,
     samples: &[MetricSample],
 ) -> Result<Published, PublishFailed> {
-    let mut acks = Vec::with_capacity(samples.len());
     let fail = |published, source| PublishFailed {
         published,
         total: samples.len(),
         source,
     };
-    for sample in samples {
-        let ack = js
-            .send_publish(sample.subject(), message(sample))
-            .await
-            .map_err(|e| fail(0, e.into()))?;
-        acks.push(ack);
-    }
     let mut result = Published::default();
-    for (i, ack) in acks.into_iter().enumerate() {
-        let ack = ack.await.map_err(|e| fail(i, e.into()))?;
-        if ack.duplicate {
-            result.duplicates += 1;
-        } else {
-            result.stored += 1;
+    // The client holds back publishes while too many acks are outstanding, so acks are
+    // awaited a window at a time.
+    for (window, chunk) in samples.chunks(ACK_WINDOW).enumerate() {
+        let done = window * ACK_WINDOW;
+        let mut acks = Vec::with_capacity(chunk.len());
+        for sample in chunk {
+            let ack = js
+                .send_publish(sample.subject(), message(sample))
+                .await
+                .map_err(|e| fail(done, e.into()))?;
+            acks.push(ack);
+        }
+        for (i, ack) in acks.into_iter().enumerate() {
+            let ack = ack.await.map_err(|e| fail(done + i, e.into()))?;
+            if ack.duplicate {
+                result.duplicates += 1;
+            } else {
+                result.stored += 1;
+            }
         }
     }
     Ok(result)
 }
+
+/// Publishes awaiting their acks at once.
+const ACK_WINDOW: usize = 1000;
 
 fn message(sample: &MetricSample) -> PublishMessage {
     let mut headers = HeaderMap::new();
