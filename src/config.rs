@@ -84,6 +84,9 @@ pub enum Command {
     Publish(PublishArgs),
     /// Rebuild the Meilisearch index of incidents from Postgres (safe while the pipeline runs).
     Reindex(ReindexArgs),
+    /// Replay METRICS through rules to backfill incidents, or with --dry-run to see what the
+    /// rules would have caught.
+    Replay(ReplayArgs),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Create, list and revoke API keys.
@@ -335,6 +338,46 @@ pub struct ReindexArgs {
     /// Empty the index first, so documents of incidents no longer in Postgres go too.
     #[arg(long)]
     pub clear: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Where to start: an RFC 3339 event time (2026-11-20T00:00:00Z) or a METRICS stream
+    /// sequence. Reading starts early enough for the rules' windows to fill.
+    #[arg(long)]
+    pub from: replay::Bound,
+
+    /// Where to end: an RFC 3339 event time, a stream sequence, or `now`.
+    #[arg(long, default_value = "now")]
+    pub to: replay::Bound,
+
+    /// A rule to run (repeatable); disabled rules run too. Without it, every enabled rule.
+    #[arg(long = "rule", value_name = "ID")]
+    pub rules: Vec<uuid::Uuid>,
+
+    /// Only this service (repeatable). Without it, every service.
+    #[arg(long = "service", value_name = "ID")]
+    pub services: Vec<String>,
+
+    /// Print the incidents that would open and resolve, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Notify the owning teams of backfilled incidents, as for live ones. Without it
+    /// backfilled incidents notify nobody.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub notify: bool,
+
+    /// NATS server URL.
+    #[arg(long, env = "TRACELY_NATS_URL")]
+    pub nats_url: String,
+
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// The live pipeline's allowed lateness; windows close as they do live only with the same.
+    #[arg(long, env = "TRACELY_ALLOWED_LATENESS_SECS", default_value_t = 30)]
+    pub allowed_lateness_secs: u64,
 }
 
 #[derive(Debug, Args)]

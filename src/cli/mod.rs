@@ -4,6 +4,7 @@ pub mod apikey;
 pub mod dev;
 pub mod publish;
 pub mod reindex;
+pub mod replay;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,6 +44,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Publish(args) => publish::run(args).await,
         Command::Reindex(args) => reindex::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
         Command::Openapi => {
             println!("{}", api::openapi().to_pretty_json()?);
             Ok(ExitCode::SUCCESS)
