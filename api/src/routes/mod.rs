@@ -1,5 +1,6 @@
 //! Handlers, one module per resource. Each module's `router` registers its documented routes.
 
+pub mod backtests;
 pub mod channels;
 pub mod deliveries;
 pub mod departments;
@@ -26,6 +27,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(incidents::router())
         .merge(search::router())
         .merge(rules::router())
+        .merge(backtests::router())
         .merge(services::router())
         .merge(metrics::router())
         .merge(departments::router())
