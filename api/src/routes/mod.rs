@@ -1,5 +1,6 @@
 //! Handlers, one module per resource. Each module's `router` registers its documented routes.
 
+pub mod backfills;
 pub mod backtests;
 pub mod channels;
 pub mod deliveries;
@@ -28,6 +29,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(search::router())
         .merge(rules::router())
         .merge(backtests::router())
+        .merge(backfills::router())
         .merge(services::router())
         .merge(metrics::router())
         .merge(departments::router())
