@@ -12,6 +12,7 @@ use axum::response::Response;
 use chrono::{DateTime, Duration, Utc};
 use pipeline::Rule;
 use replay::run::Event;
+use replay::scan::Ended;
 use replay::{Bound, RangeError, Replay, WouldBe};
 use schemas::subject::METRICS_STREAM;
 use schemas::{Aggregation, MetricSample, Operator, RuleKind, Severity, Span};
@@ -34,8 +35,11 @@ use crate::AppState;
 
 /// The range when `from` is omitted: this long before `to`.
 pub const DEFAULT_RANGE: Duration = Duration::hours(24);
-/// A backtest stops reading after this many samples of its rule's metric.
+/// A backtest stops reading after this many samples of its rule's metric in the range.
 pub const MAX_SAMPLES: u64 = 2_000_000;
+/// A backtest stops after reading this many messages in all, counting those outside the range
+/// (METRICS is read to its end for late samples, which after a range far back is most of it).
+pub const MAX_READ: u64 = 5_000_000;
 /// Series whose points are collected for the chart; others are only counted.
 pub const MAX_COLLECTED_SERIES: usize = 200;
 /// Series in the answer.
@@ -228,7 +232,8 @@ pub struct BacktestStats {
     pub series_total: u64,
     /// Series in `series`.
     pub series_shown: u64,
-    /// Whether reading stopped at the 2,000,000-sample limit before the end of the range.
+    /// Whether reading stopped before the end, at the limit of 2,000,000 samples in the range
+    /// or 5,000,000 messages read in all.
     pub truncated: bool,
 }
 
@@ -237,7 +242,7 @@ pub struct BacktestStats {
 /// Runs the rule (enabled or not) through the engine over the range's samples as a backfill
 /// would, with the live allowed lateness. `from` before the oldest sample still held is not an
 /// error: the range starts there, and `warnings` says so. Reading stops after 2,000,000
-/// samples (`stats.truncated`).
+/// samples in the range, or 5,000,000 messages in all (`stats.truncated`).
 #[utoipa::path(post, path = "/rules/{id}/backtest", tag = "rules", request_body = BacktestBody,
     params(("id" = Uuid, Path, description = "The rule's id.")),
     responses(
@@ -369,18 +374,15 @@ async fn backtest(
         .await
         .map_err(range_error)?;
     let mut chart = Chart::new(&rule, from_time, to_time);
-    let mut read = 0u64;
-    let mut truncated = false;
+    let mut budget = Budget::new(MAX_SAMPLES, MAX_READ);
     // Dropping the request drops the read; nothing else needs stopping.
     let cancel = CancellationToken::new();
     let outcome = replay
         .run(&state.js, METRICS_STREAM, &plan, &cancel, |event| {
+            if !budget.allows(&event) {
+                return ControlFlow::Break(());
+            }
             if let Event::Sample(sample) = event {
-                if read >= MAX_SAMPLES {
-                    truncated = true;
-                    return ControlFlow::Break(());
-                }
-                read += 1;
                 chart.add(sample);
             }
             ControlFlow::Continue(())
@@ -394,10 +396,11 @@ async fn backtest(
             }
         })?;
     let mut warnings = plan.warnings.clone();
-    if truncated {
+    let truncated = outcome.ended == Ended::Stopped;
+    if let (true, Some(limit)) = (truncated, budget.spent) {
         warnings.push(format!(
-            "stopped after {MAX_SAMPLES} samples, before the end of the range: the incidents and \
-             series cover only its start. Backtest a narrower range, or run a backfill job \
+            "stopped after reading {limit}, before the end: the incidents and series may miss \
+             the rest of the range. Backtest a narrower range, or run a backfill job \
              (POST /api/backfills), which has no such limit."
         ));
     }
@@ -427,6 +430,47 @@ async fn backtest(
         stats,
         warnings,
     })
+}
+
+/// How much one backtest may read.
+struct Budget {
+    max_samples: u64,
+    max_read: u64,
+    samples: u64,
+    /// Which limit was reached, once one is.
+    spent: Option<String>,
+}
+
+impl Budget {
+    fn new(max_samples: u64, max_read: u64) -> Budget {
+        Budget {
+            max_samples,
+            max_read,
+            samples: 0,
+            spent: None,
+        }
+    }
+
+    /// Whether reading may go on past this event.
+    fn allows(&mut self, event: &Event<'_>) -> bool {
+        let spent = match event {
+            Event::Sample(_) if self.samples >= self.max_samples => {
+                format!("{} samples of the rule's metric", self.max_samples)
+            }
+            Event::Sample(_) => {
+                self.samples += 1;
+                return true;
+            }
+            Event::Progress(p) if p.samples + p.skipped + p.rejected >= self.max_read => format!(
+                "{} messages, most outside the range (METRICS is read to its end for late \
+                 samples)",
+                self.max_read
+            ),
+            Event::Progress(_) => return true,
+        };
+        self.spent.get_or_insert(spent);
+        false
+    }
 }
 
 /// The selected series' samples, thinned as they are read. Points are kept for at most
@@ -585,6 +629,30 @@ mod tests {
             id: None,
             labels: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn the_budget_stops_at_either_limit_and_names_it() {
+        let from: DateTime<Utc> = "2026-11-20T00:00:00Z".parse().unwrap();
+        let s = sample("S1", 1.0, from);
+        let mut budget = Budget::new(3, 100);
+        assert!((0..3).all(|_| budget.allows(&Event::Sample(&s))));
+        assert!(!budget.allows(&Event::Sample(&s)));
+        assert!(budget.spent.as_deref().unwrap().starts_with("3 samples"));
+
+        let mut budget = Budget::new(3, 100);
+        let mut progress = replay::Progress {
+            samples: 2,
+            skipped: 97,
+            ..Default::default()
+        };
+        assert!(budget.allows(&Event::Progress(&progress)));
+        progress.rejected = 1;
+        assert!(!budget.allows(&Event::Progress(&progress)));
+        assert!(budget.spent.as_deref().unwrap().starts_with("100 messages"));
+        // The first limit reached is the one named.
+        assert!(!budget.allows(&Event::Progress(&progress)));
+        assert!(budget.spent.as_deref().unwrap().starts_with("100 messages"));
     }
 
     #[test]
