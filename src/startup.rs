@@ -186,6 +186,16 @@ impl Application {
                 ("lag gauges", Ok(()))
             });
         }
+        let jobs = Arc::new(api::jobs::Jobs::new(stop.clone()));
+        {
+            let jobs = jobs.clone();
+            tasks.spawn(async move {
+                // Ends once the process stops and its backfill jobs have let go; they are left
+                // to be reported interrupted, and may be resumed.
+                jobs.run_until_stopped().await;
+                ("backfill jobs", Ok(()))
+            });
+        }
         let http = &settings.http;
         let state = api::AppState {
             pool: pool.clone(),
@@ -203,6 +213,7 @@ impl Application {
                     i64::try_from(settings.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
                 ),
             }),
+            jobs,
         };
         let app = if settings.roles.contains(&Role::Api) {
             let (auth, auth_pool, token) = (state.auth.clone(), pool.clone(), stop.clone());

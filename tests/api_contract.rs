@@ -118,6 +118,14 @@ async fn the_api_honours_its_openapi_document_under_fuzzing() {
         )
         .await;
     assert_eq!(status, 201, "{silence}");
+    // A backfill job over the one sample, for the job routes to work on.
+    let (status, backfill) = app
+        .post(
+            "/api/backfills",
+            &json!({"from": 1, "rule_ids": [rules["data"][0]["id"]]}),
+        )
+        .await;
+    assert_eq!(status, 202, "{backfill}");
     let config = stack.path().join("schemathesis.toml");
     let operation = |path: &str, parameters: &[(&str, &Value)]| {
         let parameters: Vec<String> = parameters
@@ -139,6 +147,19 @@ async fn the_api_honours_its_openapi_document_under_fuzzing() {
             &[("id", &incident), ("comment_id", &comment["data"]["id"])],
         ),
         operation("/api/rules/{id}", &[("id", &rules["data"][0]["id"])]),
+        operation(
+            "/api/rules/{id}/backtest",
+            &[("id", &rules["data"][0]["id"])],
+        ),
+        operation("/api/backfills/{id}", &[("id", &backfill["data"]["id"])]),
+        operation(
+            "/api/backfills/{id}/resume",
+            &[("id", &backfill["data"]["id"])],
+        ),
+        operation(
+            "/api/backfills/{id}/cancel",
+            &[("id", &backfill["data"]["id"])],
+        ),
         operation(
             "/api/departments/{id}",
             &[("id", &department["data"]["id"])],

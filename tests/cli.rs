@@ -47,6 +47,7 @@ async fn migrate_creates_the_schema() {
         tables,
         [
             "api_keys",
+            "backfills",
             "deliveries",
             "delivery_attempts",
             "delivery_items",

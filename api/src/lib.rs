@@ -2,13 +2,15 @@
 //! resource; [`auth`] checks API keys, roles and rate limits; [`error`] is the single error type
 //! and its JSON envelope; [`extract`] has the JSON body and query-string extractors whose
 //! rejections use that same envelope; [`lifecycle`] is people's workflow on incidents and how
-//! each change is recorded and announced; [`openapi`] assembles the API document; [`telemetry`]
-//! records HTTP metrics and renders `/metrics`.
+//! each change is recorded and announced; [`jobs`] runs backfill jobs in the background;
+//! [`openapi`] assembles the API document; [`telemetry`] records HTTP metrics and renders
+//! `/metrics`.
 
 pub mod auth;
 pub mod envelope;
 pub mod error;
 pub mod extract;
+pub mod jobs;
 pub mod lifecycle;
 pub mod openapi;
 pub mod publish;
@@ -42,6 +44,19 @@ pub struct AppState {
     pub meili: Option<store::search::meili::Meili>,
     pub auth: Arc<auth::Auth>,
     pub settings: Arc<HttpSettings>,
+    /// The backfill jobs this process runs.
+    pub jobs: Arc<jobs::Jobs>,
+}
+
+impl AppState {
+    /// What a backfill job needs to run.
+    pub fn job_context(&self) -> jobs::JobContext {
+        jobs::JobContext {
+            pool: self.pool.clone(),
+            js: self.js.clone(),
+            allowed_lateness: self.settings.allowed_lateness,
+        }
+    }
 }
 
 /// How the HTTP side behaves.

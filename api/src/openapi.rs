@@ -14,8 +14,9 @@ use crate::error::ErrorBody;
 #[openapi(
     info(
         title = "Tracely",
-        description = "Streaming service-quality monitor: incidents, rules, services, metrics, \
-                       departments, notifications, silences and API keys. Send \
+        description = "Streaming service-quality monitor: incidents, rules and their \
+                       backtests, backfill jobs, services, metrics, departments, notifications, \
+                       silences and API keys. Send \
                        `Authorization: Bearer <key>` on every `/api` request; `/health`, \
                        `/ready`, `/metrics` and this document are open."
     ),

@@ -2,7 +2,8 @@
 
 use pipeline::Rule;
 use schemas::Span;
-use store::rules::RuleRecord;
+use store::rules::{NewRule, RuleRecord};
+use uuid::Uuid;
 
 pub fn engine_rule(r: &RuleRecord) -> Rule {
     Rule {
@@ -19,6 +20,29 @@ pub fn engine_rule(r: &RuleRecord) -> Rule {
         pending_for: Span(r.pending_for_ms),
         clear_threshold: r.clear_threshold,
         clear_for: Span(r.clear_for_ms),
+        auto_resolve: r.auto_resolve,
+        severity: r.severity,
+        department_id: r.department_id,
+        enabled: r.enabled,
+    }
+}
+
+/// A rule that is not stored (or not as it is stored), under `id`: a draft to try out.
+pub fn draft_rule(id: Uuid, r: &NewRule) -> Rule {
+    Rule {
+        id,
+        name: r.name.clone(),
+        kind: r.kind,
+        metric_type: r.metric_type.clone(),
+        service_id: r.service_id.clone(),
+        labels: r.labels.clone(),
+        aggregation: r.aggregation,
+        window: r.window,
+        operator: r.operator,
+        threshold: r.threshold,
+        pending_for: r.pending_for,
+        clear_threshold: r.clear_threshold,
+        clear_for: r.clear_for,
         auto_resolve: r.auto_resolve,
         severity: r.severity,
         department_id: r.department_id,

@@ -1,14 +1,15 @@
 //! Postgres access shared by the consumers and the API: one module per table ([`rules`],
 //! [`incidents`], [`events`], [`comments`], [`outbox`], [`services`], [`departments`],
 //! [`notifications`], [`channels`], [`silences`], [`deliveries`], [`api_keys`], [`samples`],
-//! [`rollups`]), plus connecting and migrating; [`targets`], the policy on which URLs
-//! notification channels may call; and [`search`], incident search in Postgres and the
+//! [`rollups`], [`backfills`]), plus connecting and migrating; [`targets`], the policy on which
+//! URLs notification channels may call; and [`search`], incident search in Postgres and the
 //! documents the Meilisearch index holds.
 //!
 //! Queries are plain SQL, one small function each, taking a pool or a transaction. Writes made
 //! on behalf of the pipeline are idempotent, keyed on deterministic ids.
 
 pub mod api_keys;
+pub mod backfills;
 pub mod channels;
 pub mod comments;
 pub mod deliveries;

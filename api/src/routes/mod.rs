@@ -1,5 +1,7 @@
 //! Handlers, one module per resource. Each module's `router` registers its documented routes.
 
+pub mod backfills;
+pub mod backtests;
 pub mod channels;
 pub mod deliveries;
 pub mod departments;
@@ -26,6 +28,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(incidents::router())
         .merge(search::router())
         .merge(rules::router())
+        .merge(backtests::router())
+        .merge(backfills::router())
         .merge(services::router())
         .merge(metrics::router())
         .merge(departments::router())

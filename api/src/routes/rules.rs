@@ -145,7 +145,7 @@ fn last() -> Aggregation {
 
 impl RuleBody {
     /// Fails naming the field when a threshold rule lacks its operator or threshold.
-    fn into_new_rule(self) -> Result<NewRule, ApiError> {
+    pub(crate) fn into_new_rule(self) -> Result<NewRule, ApiError> {
         let (operator, threshold) = match (self.kind, self.operator, self.threshold) {
             (RuleKind::Threshold, None, _) => {
                 return Err(ApiError::invalid_field(
@@ -355,7 +355,7 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn find(state: &AppState, id: Uuid) -> Result<RuleRecord, ApiError> {
+pub(crate) async fn find(state: &AppState, id: Uuid) -> Result<RuleRecord, ApiError> {
     store::rules::get(&state.pool, id)
         .await?
         .ok_or_else(|| not_found(id))
@@ -366,7 +366,7 @@ fn not_found(id: Uuid) -> ApiError {
 }
 
 /// Validates the rule and that its departments exist.
-async fn checked(state: &AppState, rule: NewRule) -> Result<NewRule, ApiError> {
+pub(crate) async fn checked(state: &AppState, rule: NewRule) -> Result<NewRule, ApiError> {
     rule.validate()
         .map_err(|e| ApiError::invalid_field(e.field, e.reason))?;
     if let Some(department) = rule.department_id {
