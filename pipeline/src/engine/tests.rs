@@ -664,3 +664,58 @@ proptest! {
         prop_assert_eq!(edges_and_finals(stopped), edges_and_finals(expected));
     }
 }
+
+#[test]
+fn close_through_makes_the_last_points_final_without_firing_absence_early() {
+    let rule = windowed(Aggregation::Avg, "1m", Operator::Gt, 100.0);
+    let mut engine = Engine::with_source(vec![rule.clone()], Source::Backfill);
+    engine.set_idle_advance(false);
+    let mut out = run(&mut engine, &[lat(150.0, 0), lat(150.0, 10)]);
+    assert!(out.is_empty(), "the points wait for the allowed lateness");
+    engine.close_through(secs(10), &mut out);
+    assert_eq!(kinds(&out), [(Opened, secs(0))]);
+    assert_eq!(out[0].incident.source, Source::Backfill);
+
+    // An absent rule is judged only up to the newest sample: a silence that has not lasted
+    // its window by then does not fire.
+    let absent = Rule {
+        kind: RuleKind::Absent,
+        window: Span::parse("3m").unwrap(),
+        ..seed("LATENCY_MS", Operator::Gt, 0.0)
+    };
+    let mut engine = Engine::with_source(vec![absent], Source::Backfill);
+    engine.set_idle_advance(false);
+    let mut out = run(&mut engine, &[lat(1.0, 0), lat(1.0, 60)]);
+    engine.close_through(secs(200), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    engine.close_through(secs(250), &mut out);
+    assert_eq!(kinds(&out), [(Opened, secs(240))]);
+}
+
+#[test]
+fn a_warm_up_keeps_partial_windows_from_firing() {
+    let rule = windowed(Aggregation::Avg, "1m", Operator::Gt, 100.0);
+    // The replay starts reading at 0 s while older samples exist: the spike alone at 0 s
+    // would average 500 over a window that is really missing its first minute.
+    let samples: Vec<_> = [(500.0, 0), (50.0, 30), (50.0, 60), (50.0, 90), (500.0, 100)]
+        .into_iter()
+        .map(|(v, t)| lat(v, t))
+        .collect();
+    let mut cold = Engine::with_source(vec![rule.clone()], Source::Backfill);
+    cold.set_idle_advance(false);
+    let mut out = run(&mut cold, &samples);
+    cold.close_through(secs(100), &mut out);
+    assert_eq!(
+        kinds(&out)[0],
+        (Opened, secs(0)),
+        "without a warm-up the first point fires"
+    );
+
+    let mut warm = Engine::with_source(vec![rule], Source::Backfill);
+    warm.set_idle_advance(false);
+    warm.set_warm_up(secs(0));
+    let mut out = run(&mut warm, &samples);
+    warm.close_through(secs(100), &mut out);
+    // Points before 60 s only fill; at 100 s the full window (60 s to 100 s) averages 200.
+    assert_eq!(kinds(&out), [(Opened, secs(100))]);
+}
