@@ -29,11 +29,10 @@ pub const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// The backfill jobs this process runs.
 pub struct Jobs {
-    /// This process, as the owner of the jobs it runs.
-    owner: Uuid,
     /// Fires when the process stops.
     shutdown: CancellationToken,
-    running: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Job id → the attempt running here (its owner token) and what stops it.
+    running: Mutex<HashMap<Uuid, (Uuid, CancellationToken)>>,
 }
 
 /// What a job needs to run.
@@ -132,6 +131,9 @@ pub struct JobResult {
     pub unchanged: u64,
     /// Incidents skipped because another stored incident covers the same episode.
     pub overlapping: u64,
+    /// Incidents of rules enabled live still firing at the end of the stream, left to the
+    /// live evaluator.
+    pub left_to_live: u64,
     /// Transitions published to INCIDENTS.
     pub transitions: u64,
     /// Incidents the replay found.
@@ -144,15 +146,16 @@ impl Jobs {
     /// Jobs that stop when `shutdown` fires.
     pub fn new(shutdown: CancellationToken) -> Jobs {
         Jobs {
-            owner: Uuid::new_v4(),
             shutdown,
             running: Mutex::new(HashMap::new()),
         }
     }
 
-    /// This process, as jobs name their owner.
-    pub fn owner(&self) -> Uuid {
-        self.owner
+    /// A new owner token for one attempt at a job. Each attempt has its own, so an attempt
+    /// that was taken over, even by a resume in this same process, learns so at its next
+    /// heartbeat and stops.
+    pub fn new_attempt(&self) -> Uuid {
+        Uuid::new_v4()
     }
 
     /// Runs the queued job `id` of this owner in the background. `prepared` is the checked
@@ -163,6 +166,7 @@ impl Jobs {
         self: &Arc<Self>,
         ctx: JobContext,
         id: Uuid,
+        owner: Uuid,
         request: Request,
         prepared: Option<(Replay, Plan)>,
     ) {
@@ -170,18 +174,25 @@ impl Jobs {
             return;
         }
         let token = self.shutdown.child_token();
-        self.lock().insert(id, token.clone());
+        if let Some((_, earlier)) = self.lock().insert(id, (owner, token.clone())) {
+            // An earlier attempt here was taken over: it stops now rather than at its heartbeat.
+            earlier.cancel();
+        }
         let jobs = self.clone();
         tokio::spawn(async move {
-            let _running = Running { jobs: &jobs, id };
-            run(&jobs, &ctx, id, &request, prepared, &token).await;
+            let _running = Running {
+                jobs: &jobs,
+                id,
+                owner,
+            };
+            run(&ctx, id, owner, &request, prepared, &token, &jobs.shutdown).await;
         });
     }
 
     /// Stops the job `id` if it runs here; whether it did.
     pub fn cancel(&self, id: Uuid) -> bool {
         match self.lock().get(&id) {
-            Some(token) => {
+            Some((_, token)) => {
                 token.cancel();
                 true
             }
@@ -197,7 +208,7 @@ impl Jobs {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, (Uuid, CancellationToken)>> {
         self.running.lock().expect("backfill jobs lock poisoned")
     }
 }
@@ -206,23 +217,30 @@ impl Jobs {
 struct Running<'a> {
     jobs: &'a Jobs,
     id: Uuid,
+    owner: Uuid,
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        self.jobs.lock().remove(&self.id);
+        let mut running = self.jobs.lock();
+        if running
+            .get(&self.id)
+            .is_some_and(|(owner, _)| *owner == self.owner)
+        {
+            running.remove(&self.id);
+        }
     }
 }
 
 async fn run(
-    jobs: &Jobs,
     ctx: &JobContext,
     id: Uuid,
+    owner: Uuid,
     request: &Request,
     prepared: Option<(Replay, Plan)>,
     token: &CancellationToken,
+    shutdown: &CancellationToken,
 ) {
-    let owner = jobs.owner;
     match store::backfills::start(&ctx.pool, id, owner).await {
         Ok(true) => {}
         Ok(false) => {
@@ -297,6 +315,7 @@ async fn run(
                 written: applied.written,
                 unchanged: applied.unchanged,
                 overlapping: applied.overlapping,
+                left_to_live: applied.left_to_live,
                 transitions: applied.transitions,
                 incidents: summary.incidents.len() as u64,
                 warnings: summary.warnings,
@@ -307,7 +326,7 @@ async fn run(
             p.fraction = 1.0;
             Ok(serde_json::to_value(result).expect("a result serializes"))
         }
-        _ if token.is_cancelled() && jobs.shutdown.is_cancelled() => {
+        _ if token.is_cancelled() && shutdown.is_cancelled() => {
             tracing::info!(backfill = %id, "stopping with the process; the backfill will be reported interrupted");
             return;
         }

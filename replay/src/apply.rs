@@ -6,11 +6,16 @@
 //!   changes nothing;
 //! - one stored under the same id in another state is published again; `record` merges it, and
 //!   merging only moves counts, peaks and times forward;
+//! - one still firing at the end of the stream, of a rule enabled live, is left to the live
+//!   evaluator, which would otherwise open an incident of its own for the same episode;
 //! - one that overlaps in time an incident stored under another id for the same rule and
 //!   series is skipped: that episode is already known (the live pipeline saw it start later, or
 //!   an earlier backfill began at another point), and a second incident would duplicate it.
+//!
+//! Backfilled transitions carry message ids of their own (see
+//! [`IncidentTransition::message_id`]), so they never make the stream drop a live one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -41,6 +46,9 @@ pub struct Applied {
     pub unchanged: u64,
     /// Incidents skipped because another stored incident covers the same episode.
     pub overlapping: u64,
+    /// Incidents of rules enabled live that were still firing at the end of the stream, left
+    /// to the live evaluator.
+    pub left_to_live: u64,
     /// Transitions published.
     pub transitions: u64,
 }
@@ -52,14 +60,16 @@ pub struct Recording {
     pub published_through: u64,
 }
 
-/// Sorts the incidents into what to publish, and publishes it. `notify` marks the transitions
-/// for `notify`, which skips backfills otherwise.
+/// Sorts the incidents into what to publish, and publishes it. `live_rules` are the rules
+/// enabled live; `notify` marks the transitions for `notify`, which skips backfills otherwise.
+/// Returns what was done, the last INCIDENTS sequence published, and the incidents published.
 pub async fn publish(
     js: &jetstream::Context,
     pool: &PgPool,
     incidents: &[WouldBe],
+    live_rules: &HashSet<Uuid>,
     notify: bool,
-) -> anyhow::Result<(Applied, u64)> {
+) -> anyhow::Result<(Applied, u64, Vec<Uuid>)> {
     let mut applied = Applied::default();
     let stored = stored_episodes(pool, incidents).await?;
     let mut headers = HeaderMap::new();
@@ -68,8 +78,9 @@ pub async fn publish(
     }
     let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(PUBLISH_WINDOW);
     let mut last_seq = 0;
+    let mut published = Vec::new();
     for w in incidents {
-        match verdict(w, &stored) {
+        match verdict(w, &stored, live_rules) {
             Verdict::Unchanged => {
                 applied.unchanged += 1;
                 continue;
@@ -79,7 +90,14 @@ pub async fn publish(
                 applied.overlapping += 1;
                 continue;
             }
-            Verdict::Write => applied.written += 1,
+            Verdict::LeftToLive => {
+                applied.left_to_live += 1;
+                continue;
+            }
+            Verdict::Write => {
+                applied.written += 1;
+                published.push(w.latest.id);
+            }
         }
         for t in w.transitions() {
             acks.push(send(js, &t, &headers).await?);
@@ -90,7 +108,24 @@ pub async fn publish(
         }
     }
     last_seq = last_seq.max(settle(&mut acks).await?);
-    Ok((applied, last_seq))
+    Ok((applied, last_seq, published))
+}
+
+/// Checks that every published incident is in Postgres: `record` acks what it dead-letters too.
+pub async fn confirm_written(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<()> {
+    let written: i64 = sqlx::query_scalar("SELECT count(*) FROM incidents WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_one(pool)
+        .await
+        .context("checking the written incidents")?;
+    let missing = ids.len() as i64 - written;
+    anyhow::ensure!(
+        missing == 0,
+        "{missing} of {} published incidents were not written; `record` dead-lettered them \
+         (see the DEADLETTER stream)",
+        ids.len()
+    );
+    Ok(())
 }
 
 /// Waits until `record` has written everything up to `through`, reporting as it goes.
@@ -197,23 +232,25 @@ enum Verdict {
     Write,
     Unchanged,
     Overlapping(Uuid),
+    LeftToLive,
 }
 
-fn verdict(w: &WouldBe, stored: &Stored) -> Verdict {
+fn verdict(w: &WouldBe, stored: &Stored, live_rules: &HashSet<Uuid>) -> Verdict {
     let i = &w.latest;
-    let Some(episodes) = stored.get(&(i.rule_id, i.series_key.clone())) else {
-        return Verdict::Write;
-    };
+    let episodes = stored
+        .get(&(i.rule_id, i.series_key.clone()))
+        .map_or(&[][..], Vec::as_slice);
     if let Some(same) = episodes.iter().find(|e| e.id == i.id) {
-        // Merging only moves forward: a row that got at least as far has nothing to learn.
-        let unchanged = (same.resolved_at.is_some() || i.resolved_at.is_none())
-            && same.violation_count >= i64::try_from(i.violation_count).unwrap_or(i64::MAX)
-            && same.last_sample_seq >= i64::try_from(i.last_sample_seq).unwrap_or(i64::MAX);
-        return if unchanged {
+        // A row that has seen this incident's last sample, or a later one, knows at least as
+        // much: a live row still firing past our resolution stays open.
+        return if same.last_sample_seq >= i64::try_from(i.last_sample_seq).unwrap_or(i64::MAX) {
             Verdict::Unchanged
         } else {
             Verdict::Write
         };
+    }
+    if i.resolved_at.is_none() && live_rules.contains(&i.rule_id) {
+        return Verdict::LeftToLive;
     }
     let overlaps = |e: &&store::incidents::Episode| {
         let ends_after_we_open = e.resolved_at.is_none_or(|r| r >= i.opened_at);

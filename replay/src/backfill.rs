@@ -1,6 +1,7 @@
 //! A whole replay as the CLI and background jobs run it: check the request, plan the range,
 //! read it, and (unless it is a dry run) write the incidents and wait for `record`.
 
+use std::collections::HashSet;
 use std::ops::ControlFlow;
 
 use async_nats::jetstream;
@@ -47,6 +48,8 @@ pub enum RequestError {
     NoRules,
     #[error("the chosen rules watch none of the chosen services")]
     NoSeries,
+    #[error("invalid service id `{id}`: {reason}")]
+    InvalidService { id: String, reason: String },
     #[error(transparent)]
     Range(#[from] RangeError),
     #[error("{0:#}")]
@@ -105,6 +108,15 @@ pub async fn prepare(
     request: &Request,
     allowed_lateness: Span,
 ) -> Result<(Replay, Plan), RequestError> {
+    plan::check_order(request.from, request.to, chrono::Utc::now())?;
+    for id in &request.service_ids {
+        schemas::sample::validate_service_id(id).map_err(|reason| {
+            RequestError::InvalidService {
+                id: id.clone(),
+                reason,
+            }
+        })?;
+    }
     let rules = load_rules(pool, &request.rule_ids).await?;
     let replay = Replay {
         rules,
@@ -154,8 +166,16 @@ pub async fn execute(
     if dry_run || summary.ended != Ended::Complete {
         return Ok(summary);
     }
-    let (applied, through) = apply::publish(js, pool, &summary.incidents, request.notify).await?;
+    let live_rules: HashSet<Uuid> = replay
+        .rules
+        .iter()
+        .filter(|r| r.enabled)
+        .map(|r| r.id)
+        .collect();
+    let (applied, through, published) =
+        apply::publish(js, pool, &summary.incidents, &live_rules, request.notify).await?;
     summary.applied = Some(applied);
     apply::wait_for_record(js, through, cancel, |r| report(Stage::Recording(r))).await?;
+    apply::confirm_written(pool, &published).await?;
     Ok(summary)
 }

@@ -5,9 +5,10 @@
 //! clearing periods), so an episode already under way at `from` is found with its true start;
 //! points whose window reaches before that only fill. Samples are stored after their event
 //! time, so the stream's own timestamps find that position, less [`CLOCK_SKEW`] for publishers
-//! whose clocks run ahead. Reading goes on to the end of the stream as it was when the replay
-//! started (or to a `to` sequence), since a late publisher may have stored a sample for the
-//! range long after it; samples outside the range are skipped.
+//! whose clocks run ahead. Reading always goes on to the end of the stream as it was when the
+//! replay started: a late publisher may have stored a sample for the range long after it, and
+//! an incident that opened in the range is followed to its resolution. `to` only bounds which
+//! incidents are reported: those that opened by then.
 
 use async_nats::jetstream;
 use chrono::{DateTime, Duration, Utc};
@@ -22,16 +23,21 @@ pub const CLOCK_SKEW: Duration = Duration::minutes(5);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     pub start: Start,
-    /// The last stream sequence to read.
+    /// The last stream sequence to read: the end of the stream when the replay started.
     pub end_seq: u64,
     /// Samples with an earlier event time are skipped.
     pub samples_from: Option<DateTime<Utc>>,
-    /// Samples with a later event time are skipped.
-    pub samples_to: Option<DateTime<Utc>>,
     /// Set when older samples exist: points whose window reaches before it only fill.
     pub warm_up_since: Option<DateTime<Utc>>,
+    /// Set when older samples exist but the start is a sequence: the warm-up starts at the
+    /// first sample read.
+    pub warm_up_at_first_sample: bool,
     /// Incidents resolved before it are not reported.
     pub report_from: Option<DateTime<Utc>>,
+    /// Incidents that open (their episode starts) after this event time are not reported.
+    pub report_to: Option<DateTime<Utc>>,
+    /// Incidents opened by a later sample than this sequence are not reported.
+    pub report_to_seq: Option<u64>,
     /// Said once, before reading: history that is gone, for example.
     pub warnings: Vec<String>,
     /// Nothing to read.
@@ -83,9 +89,11 @@ pub async fn plan(
         start: Start::Sequence(state.first_sequence.max(1)),
         end_seq: state.last_sequence,
         samples_from: None,
-        samples_to: None,
         warm_up_since: None,
+        warm_up_at_first_sample: false,
         report_from: None,
+        report_to: None,
+        report_to_seq: None,
         warnings: Vec::new(),
         empty: state.messages == 0,
     };
@@ -95,6 +103,8 @@ pub async fn plan(
         return Ok(plan);
     }
     let first_seq = state.first_sequence;
+    // Messages before the oldest were stored and are gone (max_age, or purged).
+    let history_lost = first_seq > 1;
     let oldest = oldest_event_time(&stream, first_seq).await;
     let oldest_text = || {
         oldest.map_or_else(
@@ -111,14 +121,14 @@ pub async fn plan(
                 oldest: oldest_text(),
             })
         }
-        Bound::Sequence(seq) => plan.end_seq = plan.end_seq.min(seq),
+        Bound::Sequence(seq) => plan.report_to_seq = Some(seq),
         Bound::Time(t) if oldest.is_some_and(|o| t < o) => {
             return Err(RangeError::EndsBeforeRetained {
                 to,
                 oldest: oldest_text(),
             })
         }
-        Bound::Time(t) => plan.samples_to = Some(t),
+        Bound::Time(t) => plan.report_to = Some(t),
     }
 
     match from {
@@ -131,14 +141,32 @@ pub async fn plan(
         }
         Bound::Sequence(seq) if seq < first_seq => {
             plan.warnings.push(gone(from, &oldest_text()));
+            plan.warm_up_since = oldest.filter(|_| history_lost);
         }
-        Bound::Sequence(seq) => plan.start = Start::Sequence(seq),
+        Bound::Sequence(seq) => {
+            plan.start = Start::Sequence(seq);
+            plan.warm_up_at_first_sample = seq > first_seq || history_lost;
+        }
         Bound::Time(t) => {
             plan.report_from = Some(t);
             let since = t - Duration::milliseconds(lookback.millis());
             match oldest {
-                Some(o) if t < o => plan.warnings.push(gone(from, &oldest_text())),
-                Some(o) if since <= o => {}
+                Some(o) if t < o => {
+                    plan.warnings.push(gone(from, &oldest_text()));
+                    plan.warm_up_since = oldest.filter(|_| history_lost);
+                }
+                Some(o) if since <= o => {
+                    if history_lost {
+                        plan.warnings.push(format!(
+                            "the rules look back to {}, before the oldest sample METRICS still \
+                             holds ({}): incidents already under way then may be found with a \
+                             later start",
+                            since.to_rfc3339(),
+                            oldest_text()
+                        ));
+                        plan.warm_up_since = Some(o);
+                    }
+                }
                 _ => {
                     plan.start = Start::Stored(since - CLOCK_SKEW);
                     plan.samples_from = Some(since);
@@ -161,7 +189,8 @@ fn gone(from: Bound, oldest: &str) -> String {
     )
 }
 
-fn check_order(from: Bound, to: Bound, now: DateTime<Utc>) -> Result<(), RangeError> {
+/// Refuses ranges that run backwards or into the future, before anything is looked up.
+pub fn check_order(from: Bound, to: Bound, now: DateTime<Utc>) -> Result<(), RangeError> {
     for (which, bound) in [("from", from), ("to", to)] {
         if let Bound::Time(t) = bound {
             if t > now + CLOCK_SKEW {

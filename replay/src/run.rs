@@ -4,11 +4,13 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use pipeline::{Engine, Rule};
 use schemas::{IncidentSnapshot, IncidentTransition, MetricSample, Source, Span, TransitionKind};
 use serde::Serialize;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -125,7 +127,6 @@ impl Replay {
             .collect();
         let mut engine = Engine::with_source(rules, Source::Backfill);
         engine.set_allowed_lateness(self.allowed_lateness);
-        engine.set_idle_advance(false);
         engine
     }
 
@@ -162,47 +163,71 @@ impl Replay {
         let mut out = Vec::new();
         let mut last_report = Instant::now();
         let filters = self.filter_subjects();
-        let ended = scan(js, stream_name, plan, &filters, cancel, |seq, sample| {
-            if progress.first_seq == 0 {
-                progress.first_seq = seq;
-            }
-            progress.position = seq;
-            let in_range = match &sample {
-                Ok(s) => {
-                    let t = s.recorded_at;
-                    plan.samples_from.is_none_or(|from| t >= from)
-                        && plan.samples_to.is_none_or(|to| t <= to)
+        let (tx, mut rx) = mpsc::channel(8);
+        let reader = tokio::spawn({
+            let (js, stream_name) = (js.clone(), stream_name.to_owned());
+            let (plan, cancel) = (plan.clone(), cancel.clone());
+            async move { scan(&js, &stream_name, &plan, &filters, &cancel, tx).await }
+        });
+        let mut stopped = false;
+        'batches: while let Some(batch) = rx.recv().await {
+            for (at, sample) in batch {
+                let seq = at.seq;
+                if progress.first_seq == 0 {
+                    progress.first_seq = seq;
                 }
-                Err(_) => false,
-            };
-            match sample {
-                Err(_) => progress.rejected += 1,
-                Ok(_) if !in_range => progress.skipped += 1,
-                Ok(sample) => {
-                    if observe(Event::Sample(&sample)).is_break() {
-                        return ControlFlow::Break(());
+                progress.position = seq;
+                let in_range = match &sample {
+                    Ok(s) => plan.samples_from.is_none_or(|from| s.recorded_at >= from),
+                    Err(_) => false,
+                };
+                match sample {
+                    Err(_) => progress.rejected += 1,
+                    Ok(_) if !in_range => progress.skipped += 1,
+                    Ok(sample) => {
+                        if plan.warm_up_at_first_sample && progress.samples == 0 {
+                            engine.set_warm_up(sample.recorded_at);
+                        }
+                        if observe(Event::Sample(&sample)).is_break() {
+                            stopped = true;
+                            break 'batches;
+                        }
+                        // The processing clock is when each sample was stored: the live
+                        // evaluator saw it then, and idle series advance by it at the end.
+                        engine.evaluate_at(&sample, seq, at.stored_ms, &mut out);
+                        newest = newest.max(Some(sample.recorded_at));
+                        progress.samples += 1;
+                        if progress.samples % FLUSH_EVERY == 0 {
+                            engine.flush(&mut out);
+                        }
+                        found.take(&mut out, &mut progress);
                     }
-                    engine.evaluate(&sample, seq, &mut out);
-                    newest = newest.max(Some(sample.recorded_at));
-                    progress.samples += 1;
-                    if progress.samples % FLUSH_EVERY == 0 {
-                        engine.flush(&mut out);
-                    }
-                    found.take(&mut out, &mut progress);
                 }
             }
-            if (progress.samples + progress.skipped + progress.rejected) % 1024 == 0
-                && last_report.elapsed() >= PROGRESS_EVERY
-            {
+            if last_report.elapsed() >= PROGRESS_EVERY {
                 last_report = Instant::now();
                 progress.late += engine.take_late();
-                return observe(Event::Progress(&progress));
+                if observe(Event::Progress(&progress)).is_break() {
+                    stopped = true;
+                    break;
+                }
             }
-            ControlFlow::Continue(())
-        })
-        .await?;
-        if let Some(newest) = newest {
-            engine.close_through(newest, &mut out);
+        }
+        drop(rx);
+        let ended = match reader.await.context("the METRICS reader panicked")?? {
+            _ if stopped => Ended::Stopped,
+            ended => ended,
+        };
+        match ended {
+            // At the end of the stream: what the live evaluator has made final by now, as
+            // idle series advance by processing time, and no more.
+            Ended::Complete => engine.tick(Utc::now().timestamp_millis(), &mut out),
+            // Cut short: judge what was read.
+            Ended::Stopped | Ended::Cancelled => {
+                if let Some(newest) = newest {
+                    engine.close_through(newest, &mut out);
+                }
+            }
         }
         engine.flush(&mut out);
         found.take(&mut out, &mut progress);
@@ -218,7 +243,10 @@ impl Replay {
                 let (opened, resolved) = (w.latest.opened_at, w.latest.resolved_at);
                 plan.report_from
                     .is_none_or(|from| resolved.is_none_or(|r| r >= from))
-                    && plan.samples_to.is_none_or(|to| opened <= to)
+                    && plan.report_to.is_none_or(|to| opened <= to)
+                    && plan
+                        .report_to_seq
+                        .is_none_or(|to| w.opened.incident.last_sample_seq <= to)
             })
             .collect();
         incidents.sort_by(|a, b| {

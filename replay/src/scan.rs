@@ -1,12 +1,12 @@
 //! Reading a planned range of METRICS, in stream order, with an ordered consumer of our own.
 
-use std::ops::ControlFlow;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull::OrderedConfig, consumer::DeliverPolicy};
 use futures::StreamExt;
 use schemas::{MessageError, MetricSample};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::plan::{Plan, Start};
@@ -24,15 +24,33 @@ pub enum Ended {
     Cancelled,
 }
 
-/// Calls `each` with every message's stream sequence and sample (or why it is not one), in
-/// stream order, until the plan's end.
+/// Where a message sits in METRICS: its sequence, and when it was stored (unix ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub seq: u64,
+    pub stored_ms: i64,
+}
+
+/// Messages handed over at once.
+const BATCH: usize = 512;
+
+/// One message read: where it sits, and its sample or why it is not one.
+pub type Scanned = (Position, Result<MetricSample, MessageError>);
+
+/// Sends the position and sample (or why it is not one) of every message on `filters`, in
+/// stream order and in batches, until the plan's end. Reading and decoding run here while the
+/// receiver evaluates, so the two overlap; a receiver that goes away stops the scan.
+///
+/// One filter is applied by the server. Several are matched here instead, on an unfiltered
+/// read: a consumer with several filters makes the server search every filter for each next
+/// message, which on a stream of many subjects is orders of magnitude slower than reading all.
 pub async fn scan(
     js: &jetstream::Context,
     stream_name: &str,
     plan: &Plan,
     filters: &[String],
     cancel: &CancellationToken,
-    mut each: impl FnMut(u64, Result<MetricSample, MessageError>) -> ControlFlow<()>,
+    out: mpsc::Sender<Vec<Scanned>>,
 ) -> anyhow::Result<Ended> {
     if plan.empty || filters.is_empty() {
         return Ok(Ended::Complete);
@@ -52,7 +70,10 @@ pub async fn scan(
         .context("looking up METRICS")?;
     let mut consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subjects: filters.to_vec(),
+            filter_subject: match filters {
+                [one] => one.clone(),
+                _ => String::new(),
+            },
             deliver_policy,
             ..Default::default()
         })
@@ -69,22 +90,39 @@ pub async fn scan(
         .messages()
         .await
         .context("reading METRICS for the replay")?;
-    loop {
+    let mut batch = Vec::with_capacity(BATCH);
+    // One timer, pushed back at each batch handed over: a timer per message costs more than
+    // reading it, and time spent waiting for the receiver is not a stall.
+    let stall = tokio::time::sleep(STALL);
+    tokio::pin!(stall);
+    let ended = loop {
         let next = tokio::select! {
-            _ = cancel.cancelled() => return Ok(Ended::Cancelled),
-            next = tokio::time::timeout(STALL, messages.next()) => next,
+            biased;
+            next = messages.next() => next,
+            _ = cancel.cancelled() => break Ended::Cancelled,
+            _ = &mut stall => {
+                anyhow::bail!("METRICS delivered nothing for {STALL:?}; is nats-server up?")
+            }
         };
         let msg = match next {
-            Err(_) => anyhow::bail!("METRICS delivered nothing for {STALL:?}; is nats-server up?"),
-            Ok(None) => return Ok(Ended::Complete),
-            Ok(Some(msg)) => msg.context("reading METRICS for the replay")?,
+            None => break Ended::Complete,
+            Some(msg) => msg.context("reading METRICS for the replay")?,
         };
         let info = msg
             .info()
             .map_err(|e| anyhow::anyhow!("message without JetStream metadata: {e}"))?;
         let (seq, pending) = (info.stream_sequence, info.pending);
+        let stored_ms =
+            i64::try_from(info.published.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX);
         if seq > plan.end_seq {
-            return Ok(Ended::Complete);
+            break Ended::Complete;
+        }
+        let at_end = seq >= plan.end_seq || pending == 0;
+        if filters.len() > 1 && !filters.iter().any(|f| subject_matches(f, &msg.subject)) {
+            if at_end {
+                break Ended::Complete;
+            }
+            continue;
         }
         let content_type = msg
             .headers
@@ -92,11 +130,57 @@ pub async fn scan(
             .and_then(|h| h.get(schemas::headers::CONTENT_TYPE))
             .map(|v| v.as_str());
         let sample = MetricSample::from_message(msg.subject.as_str(), content_type, &msg.payload);
-        if each(seq, sample).is_break() {
-            return Ok(Ended::Stopped);
+        batch.push((Position { seq, stored_ms }, sample));
+        if batch.len() >= BATCH {
+            if out.send(std::mem::take(&mut batch)).await.is_err() {
+                return Ok(Ended::Stopped);
+            }
+            stall.as_mut().reset(tokio::time::Instant::now() + STALL);
         }
-        if seq >= plan.end_seq || pending == 0 {
-            return Ok(Ended::Complete);
+        if at_end {
+            break Ended::Complete;
         }
+    };
+    if !batch.is_empty() && out.send(batch).await.is_err() {
+        return Ok(Ended::Stopped);
+    }
+    Ok(ended)
+}
+
+/// Whether `subject` matches `filter`, whose `*` tokens match any one token.
+fn subject_matches(filter: &str, subject: &str) -> bool {
+    let mut tokens = subject.split('.');
+    filter
+        .split('.')
+        .all(|f| tokens.next().is_some_and(|t| f == "*" || f == t))
+        && tokens.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject_matches;
+
+    #[test]
+    fn wildcards_match_one_token() {
+        assert!(subject_matches(
+            "metrics.*.LATENCY_MS",
+            "metrics.S1.LATENCY_MS"
+        ));
+        assert!(subject_matches(
+            "metrics.S1.LATENCY_MS",
+            "metrics.S1.LATENCY_MS"
+        ));
+        assert!(!subject_matches(
+            "metrics.*.LATENCY_MS",
+            "metrics.S1.ERRORS"
+        ));
+        assert!(!subject_matches(
+            "metrics.*.LATENCY_MS",
+            "metrics.S1.LATENCY_MS.x"
+        ));
+        assert!(!subject_matches(
+            "metrics.*.LATENCY_MS",
+            "metrics.LATENCY_MS"
+        ));
     }
 }

@@ -227,8 +227,10 @@ impl IncidentTransition {
     }
 
     /// Deterministic `Nats-Msg-Id`: the same transition published twice is stored once.
+    /// Backfilled transitions have ids of their own, so a backfill can never make the stream
+    /// drop the live evaluator's transition of the same incident as a duplicate.
     pub fn message_id(&self) -> String {
-        match self.kind {
+        let id = match self.kind {
             TransitionKind::Updated => {
                 format!(
                     "{}:updated:{}",
@@ -236,6 +238,10 @@ impl IncidentTransition {
                 )
             }
             kind => format!("{}:{}", self.incident.id, kind),
+        };
+        match self.incident.source {
+            Source::Live => id,
+            Source::Backfill => format!("{id}:backfill"),
         }
     }
 

@@ -57,6 +57,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let started = Instant::now();
+    let last_line = std::cell::Cell::new(started);
     let summary = backfill::execute(
         &js,
         &pool,
@@ -64,7 +65,14 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         &request,
         args.dry_run,
         &cancel,
-        |stage| report(&bar, started, stage),
+        |stage| {
+            report(&bar, started, stage);
+            // Without a terminal the bar is hidden: log a line every few seconds instead.
+            if bar.is_hidden() && last_line.get().elapsed() >= Duration::from_secs(5) {
+                last_line.set(Instant::now());
+                eprintln!("{:.0}% {}", bar.position() as f64 / 100.0, bar.message());
+            }
+        },
     )
     .await;
     bar.finish_and_clear();
@@ -162,8 +170,9 @@ fn print_summary(summary: &Summary, dry_run: bool, seconds: f64) {
     if let Some(a) = &summary.applied {
         println!(
             "{found} incidents ({resolved} resolved): {} written, {} already stored unchanged, \
-             {} skipped as already covered by another incident of the same series",
-            a.written, a.unchanged, a.overlapping
+             {} skipped as already covered by another incident of the same series, {} still \
+             firing left to the live evaluator",
+            a.written, a.unchanged, a.overlapping, a.left_to_live
         );
     }
 }

@@ -124,7 +124,7 @@ pub const DEFAULT_SORT: Sort = Sort {
 };
 
 /// Inserts the incident or merges the snapshot into it: counts, peaks, sequences and times only
-/// move forward, and a resolution is never undone. The first resolution of an `auto_resolve`
+/// move forward, a resolution is never undone, and a live snapshot makes the row live. The first resolution of an `auto_resolve`
 /// incident also closes it, unless people closed it already. The fields people own (status
 /// otherwise, assignee, acknowledgement) are left alone. Returns whether the row was created.
 pub async fn apply_snapshot<'e>(
@@ -157,6 +157,8 @@ pub async fn apply_snapshot<'e>(
              last_violation_at = GREATEST(incidents.last_violation_at, EXCLUDED.last_violation_at),
              resolved_at = COALESCE(incidents.resolved_at, EXCLUDED.resolved_at),
              last_sample_seq = GREATEST(incidents.last_sample_seq, EXCLUDED.last_sample_seq),
+             -- A live transition makes a backfilled row live: the evaluator restores it then.
+             source = CASE WHEN EXCLUDED.source = 'live' THEN 'live' ELSE incidents.source END,
              updated_at = now()
          RETURNING (xmax = 0)",
     )

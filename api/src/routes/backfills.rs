@@ -162,7 +162,9 @@ fn request_error(e: RequestError) -> ApiError {
             ApiError::invalid_field("rule_ids", format!("rule {id} does not exist"))
         }
         RequestError::NoRules => ApiError::invalid_field("rule_ids", e.to_string()),
-        RequestError::NoSeries => ApiError::invalid_field("service_ids", e.to_string()),
+        RequestError::NoSeries | RequestError::InvalidService { .. } => {
+            ApiError::invalid_field("service_ids", e.to_string())
+        }
         RequestError::Range(e) => range_error(e),
         RequestError::Other(e) => ApiError::Internal(e),
     }
@@ -218,6 +220,7 @@ pub async fn create(
         request.to = Bound::Sequence(plan.end_seq);
     }
     let id = Uuid::new_v4();
+    let owner = state.jobs.new_attempt();
     let actor = caller.actor();
     let stored = serde_json::to_value(&request).map_err(anyhow::Error::from)?;
     let record = store::backfills::insert(
@@ -227,14 +230,18 @@ pub async fn create(
             request: &stored,
             progress: &JobProgress::queued(),
             created_by: &actor,
-            owner: state.jobs.owner(),
+            owner,
         },
     )
     .await?;
     tracing::info!(backfill = %id, %actor, "backfill created");
-    state
-        .jobs
-        .spawn(state.job_context(), id, request, Some((replay, plan)));
+    state.jobs.spawn(
+        state.job_context(),
+        id,
+        owner,
+        request,
+        Some((replay, plan)),
+    );
     Ok(accepted(record))
 }
 
@@ -268,9 +275,8 @@ pub async fn resume(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let claimed =
-        store::backfills::claim(&state.pool, id, state.jobs.owner(), &JobProgress::queued())
-            .await?;
+    let owner = state.jobs.new_attempt();
+    let claimed = store::backfills::claim(&state.pool, id, owner, &JobProgress::queued()).await?;
     let record = match claimed {
         Change::Done(record) => record,
         Change::Refused(record) => {
@@ -289,7 +295,9 @@ pub async fn resume(
     let request: Request = serde_json::from_value(record.request.0.clone())
         .map_err(|e| anyhow::anyhow!("backfill {id} has an unreadable request: {e}"))?;
     tracing::info!(backfill = %id, actor = %caller.actor(), "backfill resumed");
-    state.jobs.spawn(state.job_context(), id, request, None);
+    state
+        .jobs
+        .spawn(state.job_context(), id, owner, request, None);
     Ok(accepted(record))
 }
 
