@@ -79,8 +79,9 @@ pub async fn publish(
     let mut acks: Vec<PublishAckFuture> = Vec::with_capacity(PUBLISH_WINDOW);
     let mut last_seq = 0;
     let mut published = Vec::new();
+    let ours: HashSet<Uuid> = incidents.iter().map(|w| w.latest.id).collect();
     for w in incidents {
-        match verdict(w, &stored, live_rules) {
+        match verdict(w, &stored, &ours, live_rules) {
             Verdict::Unchanged => {
                 applied.unchanged += 1;
                 continue;
@@ -235,7 +236,14 @@ enum Verdict {
     LeftToLive,
 }
 
-fn verdict(w: &WouldBe, stored: &Stored, live_rules: &HashSet<Uuid>) -> Verdict {
+/// `ours` are the ids this replay found: a stored copy of one of them (say, left open by an
+/// interrupted backfill) is brought up to date by this replay, so it overlaps nothing.
+fn verdict(
+    w: &WouldBe,
+    stored: &Stored,
+    ours: &HashSet<Uuid>,
+    live_rules: &HashSet<Uuid>,
+) -> Verdict {
     let i = &w.latest;
     let episodes = stored
         .get(&(i.rule_id, i.series_key.clone()))
@@ -253,6 +261,9 @@ fn verdict(w: &WouldBe, stored: &Stored, live_rules: &HashSet<Uuid>) -> Verdict 
         return Verdict::LeftToLive;
     }
     let overlaps = |e: &&store::incidents::Episode| {
+        if ours.contains(&e.id) {
+            return false;
+        }
         let ends_after_we_open = e.resolved_at.is_none_or(|r| r >= i.opened_at);
         let opens_before_we_end = i.resolved_at.is_none_or(|r| e.opened_at <= r);
         ends_after_we_open && opens_before_we_end
@@ -260,5 +271,149 @@ fn verdict(w: &WouldBe, stored: &Stored, live_rules: &HashSet<Uuid>) -> Verdict 
     match episodes.iter().find(overlaps) {
         Some(e) => Verdict::Overlapping(e.id),
         None => Verdict::Write,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+    use schemas::{IncidentSnapshot, Operator, Severity, Source, TransitionKind};
+    use store::incidents::Episode;
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        "2026-11-20T00:00:00Z".parse::<DateTime<Utc>>().unwrap() + Duration::minutes(minute)
+    }
+
+    const RULE: Uuid = Uuid::from_u128(1);
+
+    fn found(id: u128, opened: i64, resolved: Option<i64>, seq: u64) -> WouldBe {
+        let snapshot = IncidentSnapshot {
+            id: Uuid::from_u128(id),
+            rule_id: RULE,
+            rule_name: "r".into(),
+            service_id: "S1".into(),
+            metric_type: "LATENCY_MS".into(),
+            series_key: "S1|LATENCY_MS".into(),
+            labels: Default::default(),
+            department_id: None,
+            severity: Severity::High,
+            operator: Operator::Gt,
+            threshold: 1.0,
+            message: "m".into(),
+            value: 2.0,
+            peak_value: 2.0,
+            last_value: 2.0,
+            violation_count: seq,
+            opened_at: at(opened),
+            last_violation_at: at(opened),
+            resolved_at: resolved.map(at),
+            source: Source::Backfill,
+            last_sample_seq: seq,
+            auto_resolve: false,
+        };
+        WouldBe {
+            opened: IncidentTransition {
+                kind: TransitionKind::Opened,
+                at: at(opened),
+                incident: snapshot.clone(),
+            },
+            latest: snapshot,
+            resolved: None,
+        }
+    }
+
+    fn stored(id: u128, opened: i64, resolved: Option<i64>, seq: i64) -> Stored {
+        let episode = Episode {
+            id: Uuid::from_u128(id),
+            rule_id: RULE,
+            series_key: "S1|LATENCY_MS".into(),
+            opened_at: at(opened),
+            resolved_at: resolved.map(at),
+            peak_value: 2.0,
+            violation_count: seq,
+            last_sample_seq: seq,
+        };
+        Stored::from([((RULE, episode.series_key.clone()), vec![episode])])
+    }
+
+    fn judge(w: &WouldBe, stored: &Stored, live: bool) -> &'static str {
+        let ours = HashSet::from([w.latest.id]);
+        let live_rules = if live {
+            HashSet::from([RULE])
+        } else {
+            HashSet::new()
+        };
+        match verdict(w, stored, &ours, &live_rules) {
+            Verdict::Write => "write",
+            Verdict::Unchanged => "unchanged",
+            Verdict::Overlapping(_) => "overlapping",
+            Verdict::LeftToLive => "left to live",
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let none = Stored::new();
+        assert_eq!(judge(&found(7, 10, Some(20), 50), &none, false), "write");
+        // The same incident, stored as far along or further: a live row still firing past our
+        // resolution stays open.
+        assert_eq!(
+            judge(
+                &found(7, 10, Some(20), 50),
+                &stored(7, 10, Some(20), 50),
+                true
+            ),
+            "unchanged"
+        );
+        assert_eq!(
+            judge(&found(7, 10, Some(20), 50), &stored(7, 10, None, 60), true),
+            "unchanged"
+        );
+        // Stored behind (an interrupted backfill left it open): brought forward.
+        assert_eq!(
+            judge(&found(7, 10, Some(20), 50), &stored(7, 10, None, 30), false),
+            "write"
+        );
+        // Another incident covering the episode, open or resolved: skipped.
+        assert_eq!(
+            judge(&found(7, 10, Some(20), 50), &stored(8, 15, None, 60), false),
+            "overlapping"
+        );
+        assert_eq!(
+            judge(
+                &found(7, 10, Some(20), 50),
+                &stored(8, 5, Some(12), 20),
+                false
+            ),
+            "overlapping"
+        );
+        // Episodes that do not meet are both kept.
+        assert_eq!(
+            judge(
+                &found(7, 10, Some(20), 50),
+                &stored(8, 21, Some(30), 60),
+                false
+            ),
+            "write"
+        );
+        assert_eq!(
+            judge(
+                &found(7, 10, Some(20), 50),
+                &stored(8, 0, Some(9), 20),
+                false
+            ),
+            "write"
+        );
+        // A stale copy of another incident this replay found is brought up to date by it.
+        let ours = HashSet::from([Uuid::from_u128(7), Uuid::from_u128(8)]);
+        let w = found(7, 10, Some(20), 50);
+        assert!(matches!(
+            verdict(&w, &stored(8, 5, None, 20), &ours, &HashSet::new()),
+            Verdict::Write
+        ));
+        // Still firing at the end of the stream: the live evaluator's, when the rule runs live.
+        assert_eq!(judge(&found(7, 10, None, 50), &none, true), "left to live");
+        assert_eq!(judge(&found(7, 10, None, 50), &none, false), "write");
     }
 }
