@@ -409,3 +409,82 @@ async fn bad_ranges_get_clear_errors_and_lost_history_a_warning() {
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfilled_incidents_notify_only_when_asked() {
+    let stack = Stack::start().await;
+    let app = App::start_with(settings(&stack)).await;
+    let (status, dept) = app
+        .post("/api/departments", &json!({"name": "Video"}))
+        .await;
+    assert_eq!(status, 201, "{dept}");
+    let dept = dept["data"]["id"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .post(
+            &format!("/api/departments/{dept}/channels"),
+            &json!({"type": "in_app"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let mut body = rule_body(false);
+    body["department_id"] = json!(dept);
+    let quiet = app.rule(body.clone()).await;
+    body["threshold"] = json!(301);
+    let loud = app.rule(body).await;
+    let js = stack.js().await;
+    let data: Vec<MetricSample> = samples(day_start())
+        .into_iter()
+        .filter(|s| s.service_id == "S03" || s.service_id == "S04")
+        .collect();
+    publish(&js, &data).await;
+    drained(&js, Duration::from_secs(60)).await;
+    let from = (day_start() - Span::hours(1)).to_rfc3339();
+
+    assert!(replay(&stack, &["--from", &from, "--rule", &quiet])
+        .await
+        .status
+        .success());
+    assert!(
+        replay(&stack, &["--from", &from, "--rule", &loud, "--notify"])
+            .await
+            .status
+            .success()
+    );
+    let count = |rule: String| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM notifications n JOIN incidents i ON i.id = n.incident_id
+                 WHERE i.rule_id = $1::uuid",
+            )
+            .bind(rule)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let loud_incidents: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM incidents WHERE rule_id = $1::uuid")
+            .bind(&loud)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(loud_incidents >= 4, "two episodes for each of two services");
+    // Each backfilled incident with --notify is announced in the app when it opens.
+    support::eventually(
+        "in-app notifications of the --notify backfill",
+        Duration::from_secs(30),
+        || {
+            let count = count(loud.clone());
+            async move { (count.await >= loud_incidents).then_some(()) }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count(quiet.clone()).await,
+        0,
+        "a plain backfill notified someone"
+    );
+    app.stop().await;
+}
