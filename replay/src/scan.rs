@@ -19,7 +19,7 @@ const STALL: Duration = Duration::from_secs(30);
 pub enum Ended {
     /// Everything up to the planned end was read.
     Complete,
-    /// The callback asked to stop.
+    /// The receiver stopped reading (a backtest at its budget, for example).
     Stopped,
     Cancelled,
 }
