@@ -357,6 +357,12 @@ async fn bad_ranges_get_clear_errors_and_lost_history_a_warning() {
         &replay(&stack, &["--from", "999999", "--dry-run"]).await,
         "past the end of METRICS",
     );
+    // A sequence `from` and a time `to` are compared through the sample at the sequence:
+    // sequence 2001 is minute 1000 of the day (two services a minute).
+    check(
+        &replay(&stack, &["--from", "2001", "--to", &t(600), "--dry-run"]).await,
+        "must be before",
+    );
 
     // The oldest part of the stream expires: a replay from before it warns and starts at the
     // oldest sample left.

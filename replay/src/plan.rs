@@ -105,7 +105,7 @@ pub async fn plan(
     let first_seq = state.first_sequence;
     // Messages before the oldest were stored and are gone (max_age, or purged).
     let history_lost = first_seq > 1;
-    let oldest = oldest_event_time(&stream, first_seq).await;
+    let oldest = event_time(&stream, first_seq).await;
     let oldest_text = || {
         oldest.map_or_else(
             || format!("sequence {first_seq}"),
@@ -129,6 +129,18 @@ pub async fn plan(
             })
         }
         Bound::Time(t) => plan.report_to = Some(t),
+    }
+
+    // A sequence `from` is compared with a time `to` through the event time of its sample.
+    // (A time `from` with a sequence `to` is not refused: a backfill job fixes `to: now` as the
+    // stream's last sequence, and a range with nothing in it simply finds nothing.)
+    if let (Bound::Sequence(seq), Bound::Time(t)) = (from, to) {
+        if event_time(&stream, seq.max(first_seq))
+            .await
+            .is_some_and(|at| at > t)
+        {
+            return Err(RangeError::Inverted { from, to });
+        }
     }
 
     match from {
@@ -210,12 +222,9 @@ pub fn check_order(from: Bound, to: Bound, now: DateTime<Utc>) -> Result<(), Ran
     Ok(())
 }
 
-/// Event time of the oldest retained message, if it is a sample.
-async fn oldest_event_time(
-    stream: &jetstream::stream::Stream,
-    first_seq: u64,
-) -> Option<DateTime<Utc>> {
-    let msg = stream.get_raw_message(first_seq).await.ok()?;
+/// Event time of the message at `seq` (its stored time if it is not a sample), if it exists.
+async fn event_time(stream: &jetstream::stream::Stream, seq: u64) -> Option<DateTime<Utc>> {
+    let msg = stream.get_raw_message(seq).await.ok()?;
     let content_type = msg
         .headers
         .get(schemas::headers::CONTENT_TYPE)
