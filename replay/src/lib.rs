@@ -2,8 +2,8 @@
 //!
 //! A replay reads a range of METRICS with its own ordered consumer (never the live durable
 //! one), feeds the samples of the chosen rules' series to an engine that marks its incidents
-//! `source = backfill` and moves time only with samples, and collects the incidents that would
-//! have opened. A backtest stops there; a backfill ([`apply`]) publishes them to INCIDENTS like
+//! `source = backfill` and takes each sample's stored time as its processing clock, as the live
+//! evaluator saw it, and collects the incidents that would have opened. A backtest stops there; a backfill ([`apply`]) publishes them to INCIDENTS like
 //! live transitions, with the same deterministic ids, so `record`, `index` and (when asked)
 //! `notify` treat them like any other.
 
