@@ -384,14 +384,6 @@ fn spawn_tracely(stack: &Stack, port: u16, n: usize) -> Child {
         .expect("starting tracely run")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A client of a child process's API.
 struct Remote {
     http: reqwest::Client,
@@ -487,7 +479,7 @@ async fn a_job_killed_with_its_process_is_interrupted_and_resumes_to_the_same_in
     .await
     .unwrap();
 
-    let port = free_port();
+    let port = tracely::devstack::free_port().unwrap();
     let mut child = spawn_tracely(&stack, port, 0);
     let remote = Remote::up(&key, port).await;
     let js = stack.js().await;
@@ -527,7 +519,7 @@ async fn a_job_killed_with_its_process_is_interrupted_and_resumes_to_the_same_in
     let owner_before = seen["owner"].clone();
 
     // A new process: the job reads as running until its heartbeat is 15 s old.
-    let port = free_port();
+    let port = tracely::devstack::free_port().unwrap();
     let mut child = spawn_tracely(&stack, port, 1);
     let remote = Remote::up(&key, port).await;
     let (_, body) = remote.get(&format!("/api/backfills/{id}")).await;

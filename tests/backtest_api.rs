@@ -7,7 +7,7 @@ mod support;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use schemas::MetricSample;
 use serde_json::{json, Value};
-use support::{publish, App, KeyRole, Stack};
+use support::{incidents_stream_last, publish, App, KeyRole, Stack};
 
 /// Two hours ago, to the hour: the samples fall inside the default range (the last 24 h).
 fn start() -> DateTime<Utc> {
@@ -80,12 +80,6 @@ fn summary(answer: &Value) -> Vec<(String, String, Option<String>, f64, u64)> {
         .collect()
 }
 
-async fn incidents_stream_last_seq(stack: &Stack) -> u64 {
-    let js = stack.js().await;
-    let mut stream = js.get_stream("INCIDENTS").await.unwrap();
-    stream.info().await.unwrap().state.last_sequence
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backtests_find_the_episodes_chart_the_peak_and_write_nothing() {
     let stack = Stack::start().await;
@@ -94,7 +88,7 @@ async fn backtests_find_the_episodes_chart_the_peak_and_write_nothing() {
     publish(&stack.js().await, &samples(t0)).await;
     let rule = app.rule(rule_body(150.0)).await;
     let range = json!({"from": text(t0), "to": text(at(t0, 60, 0))});
-    let seq_before = incidents_stream_last_seq(&stack).await;
+    let seq_before = incidents_stream_last(&stack.js().await).await;
 
     // The saved rule, though disabled.
     let (status, saved) = app
@@ -238,7 +232,7 @@ async fn backtests_find_the_episodes_chart_the_peak_and_write_nothing() {
         .await
         .unwrap();
     assert_eq!(count, 0);
-    assert_eq!(incidents_stream_last_seq(&stack).await, seq_before);
+    assert_eq!(incidents_stream_last(&stack.js().await).await, seq_before);
     let (_, rules) = app.get("/api/rules").await;
     assert_eq!(rules["meta"]["total"], 1, "a draft is never saved");
 

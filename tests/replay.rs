@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration as Span, DurationRound, Utc};
 use schemas::MetricSample;
 use serde_json::json;
 use sqlx::PgPool;
-use support::{drained, publish, App, Stack};
+use support::{drained, incidents_stream_last, publish, App, Stack};
 use tokio::process::Command;
 use tracely::config::Role;
 
@@ -138,11 +138,6 @@ async fn everything(pool: &PgPool) -> Vec<String> {
     .fetch_all(pool)
     .await
     .unwrap()
-}
-
-async fn incidents_stream_last(js: &jetstream::Context) -> u64 {
-    let mut stream = js.get_stream("INCIDENTS").await.unwrap();
-    stream.info().await.unwrap().state.last_sequence
 }
 
 /// Waits until the live run has settled: consumers drained, the last windows closed by idle

@@ -288,6 +288,17 @@ where
     }
 }
 
+/// The last sequence of the INCIDENTS stream: whether anything was published there.
+pub async fn incidents_stream_last(js: &jetstream::Context) -> u64 {
+    let mut stream = js.get_stream("INCIDENTS").await.expect("INCIDENTS");
+    stream
+        .info()
+        .await
+        .expect("INCIDENTS info")
+        .state
+        .last_sequence
+}
+
 /// Waits until the consumers have handled everything in their streams.
 pub async fn drained(js: &jetstream::Context, timeout: Duration) {
     eventually("the consumers to drain", timeout, || async {
