@@ -3,6 +3,7 @@
 //! and its JSON envelope; [`extract`] has the JSON body and query-string extractors whose
 //! rejections use that same envelope; [`lifecycle`] is people's workflow on incidents and how
 //! each change is recorded and announced; [`jobs`] runs backfill jobs in the background;
+//! [`live`] feeds dashboards' event streams from NATS;
 //! [`openapi`] assembles the API document; [`telemetry`] records HTTP metrics and renders
 //! `/metrics`.
 
@@ -12,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod lifecycle;
+pub mod live;
 pub mod openapi;
 pub mod publish;
 pub mod routes;
@@ -46,6 +48,8 @@ pub struct AppState {
     pub settings: Arc<HttpSettings>,
     /// The backfill jobs this process runs.
     pub jobs: Arc<jobs::Jobs>,
+    /// Live updates for dashboards.
+    pub live: Arc<live::Hub>,
 }
 
 impl AppState {
@@ -87,6 +91,7 @@ pub fn app(state: AppState) -> Router {
             }),
         )
         .route("/", get(routes::home::index))
+        .route("/assets/{*path}", get(routes::home::asset))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
