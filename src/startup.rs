@@ -196,6 +196,23 @@ impl Application {
                 ("backfill jobs", Ok(()))
             });
         }
+        let live = api::live::Hub::new(
+            nats.clone(),
+            settings
+                .topology
+                .consumers
+                .iter()
+                // Without Meilisearch nobody reads `index`; its backlog waits by design.
+                .filter(|(name, _)| {
+                    settings.meili.is_some() || name.as_str() != consumers::index::CONSUMER
+                })
+                .map(|(name, spec)| api::live::WatchedConsumer {
+                    stream: spec.stream.clone(),
+                    name: name.clone(),
+                })
+                .collect(),
+            stop.clone(),
+        );
         let http = &settings.http;
         let state = api::AppState {
             pool: pool.clone(),
@@ -214,12 +231,18 @@ impl Application {
                 ),
             }),
             jobs,
+            live: live.clone(),
         };
         let app = if settings.roles.contains(&Role::Api) {
             let (auth, auth_pool, token) = (state.auth.clone(), pool.clone(), stop.clone());
             tasks.spawn(async move {
                 record_key_use(&auth, &auth_pool, &token).await;
                 ("key usage", Ok(()))
+            });
+            let (live_js, live_pool) = (js.clone(), pool.clone());
+            tasks.spawn(async move {
+                let fed = live.run_until_stopped(live_js, live_pool).await;
+                ("live updates", fed)
             });
             // Every API process runs a relay; one at a time holds the turn to publish.
             let (relay_js, relay_pool, token) = (js.clone(), pool.clone(), stop.clone());

@@ -205,6 +205,9 @@ async fn the_api_honours_its_openapi_document_under_fuzzing() {
                 "40",
                 "--workers",
                 "2",
+                // An endless event stream; tests/dashboard_api.rs covers it.
+                "--exclude-path",
+                "/api/stream",
             ])
             .args([
                 "--checks",

@@ -2,7 +2,8 @@
 //! `metrics.<service_id>.<metric_type>` ([`sample`]), the subjects themselves ([`subject`]),
 //! series identity ([`series`]), the incident transitions carried on the INCIDENTS stream and
 //! the enums they use ([`incident`]), the changes people make to incidents, carried on the same
-//! stream ([`activity`]), and the header names both sides agree on ([`headers`]).
+//! stream ([`activity`]), the header names both sides agree on ([`headers`]), and the
+//! announcements that keep dashboards live ([`live`]).
 //!
 //! Everything here is plain data and pure functions, so publishers, consumers and the API decode
 //! and validate exactly the same way.
@@ -11,6 +12,7 @@ pub mod activity;
 pub mod duration;
 pub mod headers;
 pub mod incident;
+pub mod live;
 pub mod raw;
 pub mod sample;
 pub mod series;

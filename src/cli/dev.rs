@@ -163,7 +163,7 @@ fn print_banner(
     };
     println!(
         "\nTracely is running.\n\
-         \n  Dashboard   http://{addr}/#key={api_key}\
+         \n  Dashboard   http://{addr}/?key={api_key}\
          \n  REST API    http://{addr}/api/incidents\
          \n  Health      http://{addr}/ready\
          \n  Metrics     http://{addr}/metrics\

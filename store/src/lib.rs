@@ -1,7 +1,8 @@
 //! Postgres access shared by the consumers and the API: one module per table ([`rules`],
 //! [`incidents`], [`events`], [`comments`], [`outbox`], [`services`], [`departments`],
 //! [`notifications`], [`channels`], [`silences`], [`deliveries`], [`api_keys`], [`samples`],
-//! [`rollups`], [`backfills`]), plus connecting and migrating; [`targets`], the policy on which
+//! [`rollups`], [`backfills`]), what the dashboard's overview sums up ([`overview`]), plus
+//! connecting and migrating; [`targets`], the policy on which
 //! URLs notification channels may call; and [`search`], incident search in Postgres and the
 //! documents the Meilisearch index holds.
 //!
@@ -18,6 +19,7 @@ pub mod events;
 pub mod incidents;
 pub mod notifications;
 pub mod outbox;
+pub mod overview;
 pub mod page;
 pub mod rollups;
 pub mod rules;

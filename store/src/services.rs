@@ -190,3 +190,10 @@ pub async fn metric_health(
     .fetch_all(pool)
     .await
 }
+
+/// How many services are registered.
+pub async fn count(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM services")
+        .fetch_one(pool)
+        .await
+}

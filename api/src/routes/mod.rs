@@ -11,10 +11,12 @@ pub mod incidents;
 pub mod keys;
 pub mod metrics;
 pub mod notifications;
+pub mod overview;
 pub mod rules;
 pub mod search;
 pub mod services;
 pub mod silences;
+pub mod stream;
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -38,6 +40,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(silences::router())
         .merge(deliveries::router())
         .merge(keys::router())
+        .merge(overview::router())
+        .merge(stream::router())
 }
 
 /// Routes open without a key: liveness, readiness and Prometheus metrics.

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::collections::BTreeMap;
 
+use schemas::live::RuleChange;
 use schemas::{Aggregation, Operator, RuleKind, Severity, Span};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -287,6 +288,10 @@ pub async fn create(
     let rule = checked(&state, body.into_new_rule()?).await?;
     let record = store::rules::insert(&state.pool, &rule).await?;
     tracing::info!(rule_id = %record.id, name = %record.name, "rule created");
+    state
+        .live
+        .rule_changed(record.id, RuleChange::Created)
+        .await;
     Ok(envelope::created(record))
 }
 
@@ -335,6 +340,7 @@ pub async fn update(
         .await?
         .ok_or_else(|| not_found(id))?;
     tracing::info!(rule_id = %id, "rule updated");
+    state.live.rule_changed(id, RuleChange::Updated).await;
     Ok(envelope::data(record))
 }
 
@@ -352,6 +358,7 @@ pub async fn delete(
         return Err(not_found(id));
     }
     tracing::info!(rule_id = %id, "rule deleted");
+    state.live.rule_changed(id, RuleChange::Deleted).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

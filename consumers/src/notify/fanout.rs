@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage};
 use chrono::{DateTime, Utc};
 use schemas::{
-    ActivityKind, IncidentActivity, IncidentTransition, Severity, Source, TransitionKind,
+    live, ActivityKind, IncidentActivity, IncidentTransition, Severity, Source, TransitionKind,
 };
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
@@ -65,6 +65,28 @@ pub struct Notifier {
 pub struct Job {
     pub delivery_id: Uuid,
     pub channel_id: Uuid,
+}
+
+/// What recording an event for one channel leaves to do once the transaction commits.
+enum Routed {
+    Nothing,
+    /// Hand a webhook or Slack delivery to the sender.
+    Send(Job),
+    /// Tell dashboards about the in-app notification.
+    InApp(live::NotificationCreated),
+}
+
+/// Tells dashboards about in-app notifications just committed. Best effort, like every live
+/// announcement.
+async fn announce(client: &async_nats::Client, created: &[live::NotificationCreated]) {
+    for notification in created {
+        if let Err(e) = client
+            .publish(live::NOTIFICATIONS, live::encode(notification).into())
+            .await
+        {
+            tracing::debug!(error = %e, "could not announce a notification");
+        }
+    }
 }
 
 /// Why an event could not be routed now.
@@ -190,19 +212,22 @@ impl Notifier {
         }
         let names = department_names(&self.pool, &departments).await?;
         let mut jobs = Vec::new();
+        let mut created = Vec::new();
         let mut tx = self.pool.begin().await?;
         for channel in &channels {
             let department = names
                 .get(&channel.department_id)
                 .map(String::as_str)
                 .unwrap_or("a department");
-            if let Some(job) =
-                route_to_channel(&mut tx, channel, department, incident, event, event_key).await?
+            match route_to_channel(&mut tx, channel, department, incident, event, event_key).await?
             {
-                jobs.push(job);
+                Routed::Send(job) => jobs.push(job),
+                Routed::InApp(notification) => created.push(notification),
+                Routed::Nothing => {}
             }
         }
         tx.commit().await?;
+        announce(&self.js.client(), &created).await;
         publish_jobs(&self.js, &jobs).await
     }
 
@@ -256,10 +281,14 @@ impl Notifier {
                 incident: Incident::from_record(&incident),
             };
             let mut tx = self.pool.begin().await?;
-            let job =
+            let routed =
                 route_to_channel(&mut tx, &channel, department, &incident, &event, &key).await?;
             tx.commit().await?;
-            publish_jobs(&self.js, job.as_slice()).await?;
+            match routed {
+                Routed::Send(job) => publish_jobs(&self.js, &[job]).await?,
+                Routed::InApp(notification) => announce(&self.js.client(), &[notification]).await,
+                Routed::Nothing => {}
+            }
         }
         Ok(())
     }
@@ -315,7 +344,7 @@ async fn department_names(
 
 /// Records the event for one channel, once. Returns the job to publish for a webhook or Slack
 /// delivery that is not finished, including one recorded by an earlier delivery of the event
-/// whose job may not have been published.
+/// whose job may not have been published, or the in-app notification it created.
 async fn route_to_channel(
     tx: &mut PgConnection,
     channel: &Channel,
@@ -323,15 +352,18 @@ async fn route_to_channel(
     incident: &IncidentRecord,
     event: &Event,
     event_key: &str,
-) -> Result<Option<Job>, sqlx::Error> {
+) -> Result<Routed, sqlx::Error> {
     let sent_out = channel.kind != ChannelKind::InApp;
     if let Some((delivery_id, state)) =
         deliveries::item_delivery(&mut *tx, channel.id, event_key).await?
     {
-        return Ok((sent_out && !state.is_finished()).then_some(Job {
-            delivery_id,
-            channel_id: channel.id,
-        }));
+        if sent_out && !state.is_finished() {
+            return Ok(Routed::Send(Job {
+                delivery_id,
+                channel_id: channel.id,
+            }));
+        }
+        return Ok(Routed::Nothing);
     }
     let now = Utc::now();
     let event_json = serde_json::to_value(event).expect("events serialize");
@@ -408,7 +440,7 @@ async fn route_to_channel(
         if !joined {
             deliveries::delete(&mut *tx, new_delivery.id).await?;
         }
-        return Ok(None);
+        return Ok(Routed::Nothing);
     }
     let id = new_delivery.id;
     match new_delivery.state {
@@ -435,7 +467,7 @@ async fn route_to_channel(
             )
             .await?;
             telemetry::notification(channel.kind.as_str(), "suppressed");
-            Ok(None)
+            Ok(Routed::Nothing)
         }
         DeliveryState::Delivered => {
             let notification = NewNotification {
@@ -467,11 +499,15 @@ async fn route_to_channel(
             )
             .await?;
             telemetry::notification(channel.kind.as_str(), "delivered");
-            Ok(None)
+            Ok(Routed::InApp(live::NotificationCreated {
+                id,
+                department_id: Some(channel.department_id),
+                incident_id: Some(incident.id),
+            }))
         }
         // An item joining a group rides on the job its first item published.
-        _ if joined => Ok(None),
-        _ => Ok(Some(Job {
+        _ if joined => Ok(Routed::Nothing),
+        _ => Ok(Routed::Send(Job {
             delivery_id: id,
             channel_id: channel.id,
         })),

@@ -8,14 +8,16 @@
 pub mod handler;
 
 use async_nats::jetstream;
-use schemas::IncidentTransition;
+use std::collections::HashMap;
+
+use schemas::{live, IncidentTransition, TransitionKind};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::is_transient_db_error;
 use crate::jetstream::{
     ack_all, extend_ack_wait, retry_until_stopped, run_pull_loop, settle, BatchHandler,
-    DeadLetters, Rejection,
+    DeadLetters, Outcome, Rejection,
 };
 use crate::telemetry;
 use crate::topology::{ConsumerSpec, Topology, INCIDENTS};
@@ -84,14 +86,20 @@ impl Recorder {
             Some(Ok(opened)) => {
                 observe_detection(&opened);
                 ack_all(CONSUMER, &held).await;
+                announce(&self.js.client(), transitions.iter()).await;
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "batch failed permanently; applying one by one");
+                let mut applied = Vec::new();
                 for (msg, t) in held.iter().zip(&transitions) {
                     let (outcome, opened) = handler::apply_one(pool, t).await;
                     observe_detection(&opened);
+                    if matches!(outcome, Outcome::Done) {
+                        applied.push(t);
+                    }
                     settle(msg, outcome, &self.spec, &self.dead_letters).await;
                 }
+                announce(&self.js.client(), applied.into_iter()).await;
             }
         }
         telemetry::transitions_recorded(transitions.len());
@@ -105,6 +113,41 @@ pub async fn has_handled(js: &jetstream::Context, stream_sequence: u64) -> Optio
     let stream = js.get_stream(INCIDENTS).await.ok()?;
     let info = stream.consumer_info(CONSUMER).await.ok()?;
     Some(info.ack_floor.stream_sequence >= stream_sequence)
+}
+
+/// Tells dashboards which incidents just changed in Postgres, once per incident per batch.
+/// Best effort: a dashboard refetches on reconnect, so a lost announcement only delays it.
+async fn announce<'a>(
+    client: &async_nats::Client,
+    transitions: impl Iterator<Item = &'a IncidentTransition>,
+) {
+    // The most telling kind per incident: an opening outranks a resolution, which outranks an
+    // update.
+    let rank = |kind: TransitionKind| match kind {
+        TransitionKind::Opened => 2,
+        TransitionKind::Resolved => 1,
+        TransitionKind::Updated => 0,
+    };
+    let mut latest: HashMap<uuid::Uuid, &IncidentTransition> = HashMap::new();
+    for t in transitions {
+        let entry = latest.entry(t.incident.id).or_insert(t);
+        if rank(t.kind) > rank(entry.kind) {
+            *entry = t;
+        }
+    }
+    for t in latest.into_values() {
+        let changed = live::IncidentChanged {
+            id: t.incident.id,
+            service_id: t.incident.service_id.clone(),
+            kind: t.kind.as_str().to_owned(),
+        };
+        if let Err(e) = client
+            .publish(changed.subject(), live::encode(&changed).into())
+            .await
+        {
+            tracing::debug!(error = %e, "could not announce an incident change");
+        }
+    }
 }
 
 /// Reports, for each live incident whose row was just committed, how long after its opening

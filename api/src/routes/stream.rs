@@ -1,0 +1,207 @@
+//! `/api/stream`: server-sent events that keep a dashboard live without polling. See
+//! [`crate::live`] for where they come from.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::SelectAll;
+use futures::StreamExt as _;
+use serde_json::json;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::auth::{Caller, Viewer};
+use crate::error::ApiError;
+use crate::extract::{query_error, Params};
+use crate::live::points::Points;
+use crate::live::{Hub, Live};
+use crate::AppState;
+
+/// Most services whose samples one stream carries.
+pub const MAX_SERVICES: usize = 100;
+/// How often gathered samples are sent as points.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Events held for a slow browser before the stream waits on it.
+const BUFFER: usize = 256;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(stream))
+}
+
+/// Live updates as server-sent events, fed from NATS. Each event's data is one JSON object:
+///
+/// - `hello` `{at}`: sent first, and again whenever events may have been missed; refetch what
+///   the page shows.
+/// - `incident` `{id, service_id, kind}`: an incident changed, and Postgres has the change.
+///   `kind` is `opened`, `updated`, `resolved`, `status_changed`, `severity_changed`,
+///   `assigned`, `commented` or `comment_deleted`.
+/// - `notification` `{id, department_id, incident_id}`: an in-app notification was created.
+/// - `rules` `{id, change}`: a rule was `created`, `updated` or `deleted`.
+/// - `points` `{points: [{service_id, metric_type, t, count, avg, min, max, last}], dropped}`:
+///   samples of the services asked for, per series and second of event time, at most once a
+///   second.
+/// - `health`: the pipeline's health, as `GET /api/pipeline`, every 5 s.
+///
+/// A comment line is sent every 15 s to keep the connection open. Announcements are best
+/// effort: a client that reconnects refetches.
+#[utoipa::path(get, path = "/stream", tag = "dashboard",
+    params(("services" = Option<String>, Query,
+        description = "Comma-separated service ids (at most 100) whose samples to send as points.")),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`.", content_type = "text/event-stream", body = String),
+        (status = 503, description = "This process serves as many streams as it may.")))]
+pub async fn stream(
+    _: Caller<Viewer>,
+    State(state): State<AppState>,
+    mut params: Params,
+) -> Result<Response, ApiError> {
+    let services = parse_services(params.take::<String>("services")?.as_deref())?;
+    params.finish()?;
+    let hub = state.live.clone();
+    let permit = hub
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Unavailable {
+            message: "this process serves as many event streams as it may; try again later"
+                .to_owned(),
+            details: json!([]),
+        })?;
+    let mut samples = SelectAll::new();
+    for service in &services {
+        let subject = format!("{}.{service}.*", schemas::subject::METRICS_PREFIX);
+        let subscriber = hub
+            .nats()
+            .subscribe(subject)
+            .await
+            .map_err(|e| anyhow::anyhow!("subscribing to the samples of {service}: {e}"))?;
+        samples.push(subscriber);
+    }
+    let (tx, rx) = mpsc::channel(BUFFER);
+    tokio::spawn(feed(hub, samples, tx, permit));
+    let events = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|event| (Ok::<_, Infallible>(event), rx))
+    });
+    let mut response = Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+        .into_response();
+    // Proxies must pass events on as they come.
+    let headers = response.headers_mut();
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    Ok(response)
+}
+
+fn parse_services(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let mut services: Vec<String> = raw
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    services.sort_unstable();
+    services.dedup();
+    if services.len() > MAX_SERVICES {
+        return Err(query_error(
+            "services",
+            &format!(
+                "{} services; at most {MAX_SERVICES} may be streamed at once",
+                services.len()
+            ),
+        ));
+    }
+    for service in &services {
+        schemas::sample::validate_service_id(service)
+            .map_err(|reason| query_error("services", &format!("{service:?}: {reason}")))?;
+    }
+    Ok(services)
+}
+
+/// Sends one browser its events until it goes away or the process stops.
+async fn feed(
+    hub: Arc<Hub>,
+    mut samples: SelectAll<async_nats::Subscriber>,
+    tx: mpsc::Sender<Event>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let mut events = hub.subscribe();
+    if tx.send(hello()).await.is_err() {
+        return;
+    }
+    if let Some(pipeline) = hub.pipeline() {
+        if tx.send(json_event("health", &*pipeline)).await.is_err() {
+            return;
+        }
+    }
+    let mut points = Points::default();
+    let mut flush = tokio::time::interval(FLUSH_EVERY);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            () = hub.stop.cancelled() => return,
+            () = tx.closed() => return,
+            received = events.recv() => match received {
+                Ok(live) => live_event(&live),
+                // Events were missed: the page refetches.
+                Err(RecvError::Lagged(_)) => hello(),
+                Err(RecvError::Closed) => return,
+            },
+            Some(message) = samples.next(), if !samples.is_empty() => {
+                let content_type = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(schemas::headers::CONTENT_TYPE))
+                    .map(|v| v.as_str());
+                // Malformed samples are the evaluator's to dead-letter; a chart skips them.
+                if let Ok(sample) = schemas::MetricSample::from_message(
+                    message.subject.as_str(),
+                    content_type,
+                    &message.payload,
+                ) {
+                    points.add(&sample);
+                }
+                continue;
+            }
+            _ = flush.tick() => {
+                let (taken, dropped) = points.take();
+                if taken.is_empty() {
+                    continue;
+                }
+                json_event("points", &json!({ "points": taken, "dropped": dropped }))
+            }
+        };
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn hello() -> Event {
+    json_event("hello", &json!({ "at": chrono::Utc::now() }))
+}
+
+fn live_event(live: &Live) -> Event {
+    match live {
+        Live::Incident(changed) => json_event("incident", &**changed),
+        Live::Notification(created) => json_event("notification", &**created),
+        Live::Rules(changed) => json_event("rules", &**changed),
+        Live::Health(pipeline) => json_event("health", &**pipeline),
+    }
+}
+
+fn json_event<T: serde::Serialize + ?Sized>(name: &'static str, data: &T) -> Event {
+    Event::default()
+        .event(name)
+        .data(serde_json::to_string(data).expect("events are plain data"))
+}
