@@ -14,13 +14,16 @@ endif
 endif
 endif
 
-.PHONY: help deps build run test lint fmt clean
+.PHONY: help deps e2e-deps build run test e2e lint fmt clean
 
 help: ## List the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-8s %s\n", $$1, $$2 }'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-9s %s\n", $$1, $$2 }'
 
 deps: ## Install nats-server, Postgres and the test helpers if missing
 	@scripts/install-deps.sh
+
+e2e-deps: ## Install Chromium, Node.js and playwright-core for the browser test if missing
+	@scripts/install-e2e-deps.sh
 
 build: ## Build all crates
 	cargo build --workspace --all-targets
@@ -28,10 +31,13 @@ build: ## Build all crates
 run: deps ## Run the local stack (`tracely dev`); pass options with ARGS=...
 	cargo run --release --bin tracely -- dev $(ARGS)
 
-test: deps ## Check formatting and lints, then run every test
+test: deps e2e-deps ## Check formatting and lints, then run every test
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace --all-targets
+
+e2e: deps e2e-deps ## Run only the dashboard's browser test; screenshots go to target/e2e-artifacts/
+	cargo test --test dashboard_e2e -- --nocapture
 
 lint: ## Check formatting and lints
 	cargo fmt --all --check

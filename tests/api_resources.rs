@@ -419,6 +419,11 @@ async fn incidents_are_filtered_searched_sorted_and_paged() {
         ("search=s%25e", vec![]),
         ("search=R_X", vec!["player_x"]),
         ("search=LATENCY_MS 400", vec!["checkout-eu"]),
+        (
+            "source=live",
+            vec!["player_x", "checkout-us", "checkout-eu"],
+        ),
+        ("source=backfill", vec![]),
     ] {
         let (status, body) = app.get(&format!("/api/incidents?{query}")).await;
         assert_eq!(status, 200, "{query}: {body}");
@@ -441,6 +446,7 @@ async fn incidents_are_filtered_searched_sorted_and_paged() {
         "assignee=me",
         "status=OPEN&status=CLOSED",
         "from=-5000-01-01T00:00:00Z",
+        "source=replayed",
     ] {
         let (status, body) = app.get(&format!("/api/incidents?{bad}")).await;
         assert_eq!(status, 400, "{bad}: {body}");

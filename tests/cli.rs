@@ -328,7 +328,7 @@ async fn dev_runs_the_stack_with_an_admin_key_in_dev_env() {
     let mode = std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "dev.env holds an admin key");
     let (base, fragment) = dashboard
-        .split_once("/#key=")
+        .split_once("/?key=")
         .expect("the link carries the key");
     assert_eq!(fragment, key);
 

@@ -136,7 +136,15 @@ async fn the_event_stream_follows_incidents_notifications_rules_and_samples() {
         ],
     )
     .await;
-    let (points, passed) = events.until("points", |_| true).await;
+    let (points, mut passed) = events.until("points", |_| true).await;
+    for service in ["db", "web"] {
+        let announced = |(name, data): &(String, Value)| name == "service" && data["id"] == service;
+        if !passed.iter().any(announced) {
+            let (registered, more) = events.until("service", |d| d["id"] == service).await;
+            passed.extend(more);
+            passed.push(("service".to_owned(), registered));
+        }
+    }
     let points = points["points"].as_array().unwrap();
     assert!(
         points

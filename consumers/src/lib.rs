@@ -13,7 +13,9 @@
 //! - [`lag`]: consumer backlog and database pool gauges.
 //! - [`rules`]: keeps the evaluator's rule set current by listening to Postgres.
 //! - [`outbox`]: relays changes made over the API from the Postgres outbox to INCIDENTS.
+//! - [`announce`]: tells dashboards what just changed, over core NATS.
 
+pub mod announce;
 pub mod archive;
 pub mod error;
 pub mod evaluate;

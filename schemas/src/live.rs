@@ -16,6 +16,8 @@ pub const INCIDENTS: &str = "tracely.live.incidents";
 pub const NOTIFICATIONS: &str = "tracely.live.notifications";
 /// `tracely.live.rules`: a rule was created, changed or deleted.
 pub const RULES: &str = "tracely.live.rules";
+/// `tracely.live.services`: a service was registered, on first sight of a sample.
+pub const SERVICES: &str = "tracely.live.services";
 
 /// An incident's row changed. `kind` is a transition (`opened`, `updated`, `resolved`) or an
 /// activity (`status_changed`, `commented`, …).
@@ -38,6 +40,12 @@ pub struct NotificationCreated {
     pub id: Uuid,
     pub department_id: Option<Uuid>,
     pub incident_id: Option<Uuid>,
+}
+
+/// A service was registered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServiceRegistered {
+    pub id: String,
 }
 
 /// What happened to a rule.

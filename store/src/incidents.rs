@@ -102,6 +102,8 @@ pub struct IncidentFilter {
     pub to: Option<DateTime<Utc>>,
     /// A substring of the message, service id or rule name, any case.
     pub search: Option<String>,
+    /// Live or backfilled.
+    pub source: Option<Source>,
 }
 
 /// The text `search` looks in; the same expression is indexed with trigrams.
@@ -326,6 +328,10 @@ fn push_filter(query: &mut QueryBuilder<'_, Postgres>, filter: &IncidentFilter) 
     if let Some(severity) = filter.severity {
         clause(query, "severity = ");
         query.push_bind(severity.as_str());
+    }
+    if let Some(source) = filter.source {
+        clause(query, "source = ");
+        query.push_bind(source.as_str());
     }
     if let Some(service_id) = &filter.service_id {
         clause(query, "service_id = ");

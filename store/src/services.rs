@@ -20,18 +20,19 @@ pub struct ServiceRecord {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Registers services not seen before; known ones are left untouched.
+/// Registers services not seen before; known ones are left untouched. Returns the ones newly
+/// registered.
 pub async fn register_many<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     ids: &[String],
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO services (id) SELECT * FROM UNNEST($1::text[]) ON CONFLICT (id) DO NOTHING",
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO services (id) SELECT * FROM UNNEST($1::text[]) ON CONFLICT (id) DO NOTHING
+         RETURNING id",
     )
     .bind(ids)
-    .execute(executor)
+    .fetch_all(executor)
     .await
-    .map(|_| ())
 }
 
 /// Filters of `GET /api/services`; `None` means any.

@@ -1,9 +1,9 @@
 //! Live updates for dashboards, fed from NATS.
 //!
 //! The [`Hub`] holds one set of NATS subscriptions per API process: the `tracely.live.…`
-//! announcements that `record`, `notify` and the rule routes make once Postgres has a change,
-//! and people's activity on the INCIDENTS stream, which the outbox relays only after it is
-//! committed. It fans them out to every open event stream. It also measures the pipeline's
+//! announcements that `evaluate` and `archive` (new services), `record` (incidents), `notify`
+//! (in-app notifications) and the rule routes make once Postgres has a change, and people's
+//! activity on the INCIDENTS stream, which the outbox relays only after it is committed. It fans them out to every open event stream. It also measures the pipeline's
 //! health every few seconds ([`health`]). Each event stream subscribes on its own to the
 //! samples of the services its page shows and sends them as per-second points ([`points`]).
 
@@ -16,7 +16,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use schemas::live::{self, IncidentChanged, NotificationCreated, RuleChange, RuleChanged};
+use schemas::live::{
+    self, IncidentChanged, NotificationCreated, RuleChange, RuleChanged, ServiceRegistered,
+};
 use schemas::{ActivityKind, IncidentActivity};
 use sqlx::PgPool;
 use tokio::sync::{broadcast, watch, Semaphore};
@@ -38,6 +40,7 @@ pub enum Live {
     Incident(Arc<IncidentChanged>),
     Notification(Arc<NotificationCreated>),
     Rules(Arc<RuleChanged>),
+    Service(Arc<ServiceRegistered>),
     Health(Arc<Pipeline>),
 }
 
@@ -165,6 +168,11 @@ fn decode(message: &async_nats::Message) -> Option<Live> {
         return serde_json::from_slice(payload)
             .ok()
             .map(|n| Live::Notification(Arc::new(n)));
+    }
+    if subject == live::SERVICES {
+        return serde_json::from_slice(payload)
+            .ok()
+            .map(|s| Live::Service(Arc::new(s)));
     }
     if subject == live::RULES {
         return serde_json::from_slice(payload)

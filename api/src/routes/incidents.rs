@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{SubsecRound, Utc};
-use schemas::{ActivityKind, IncidentStatus, Severity};
+use schemas::{ActivityKind, IncidentStatus, Severity, Source};
 use serde::{Deserialize, Serialize};
 use store::comments::CommentRecord;
 use store::events::EventRecord;
@@ -122,6 +122,7 @@ pub struct IncidentDetail {
         ("from" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "Opened at or after this time (RFC 3339)."),
         ("to" = Option<chrono::DateTime<chrono::Utc>>, Query, description = "Opened before this time (RFC 3339)."),
         ("search" = Option<String>, Query, description = "A substring of the message, service id or rule name, in any case."),
+        ("source" = Option<Source>, Query, description = "Only live or only backfilled incidents."),
     ),
     responses((status = 200, description = "A page of incidents.", body = List<IncidentRecord>)))]
 pub async fn list(
@@ -138,6 +139,7 @@ pub async fn list(
         from: params.take("from")?,
         to: params.take("to")?,
         search: params.take("search")?,
+        source: params.take("source")?,
     };
     let page = params.page()?;
     let sort = params.sort(

@@ -45,6 +45,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 ///   `assigned`, `commented` or `comment_deleted`.
 /// - `notification` `{id, department_id, incident_id}`: an in-app notification was created.
 /// - `rules` `{id, change}`: a rule was `created`, `updated` or `deleted`.
+/// - `service` `{id}`: a service was registered, on first sight of a sample.
 /// - `points` `{points: [{service_id, metric_type, t, count, avg, min, max, last}], dropped}`:
 ///   samples of the services asked for, per series and second of event time, at most once a
 ///   second.
@@ -196,6 +197,7 @@ fn live_event(live: &Live) -> Event {
         Live::Incident(changed) => json_event("incident", &**changed),
         Live::Notification(created) => json_event("notification", &**created),
         Live::Rules(changed) => json_event("rules", &**changed),
+        Live::Service(registered) => json_event("service", &**registered),
         Live::Health(pipeline) => json_event("health", &**pipeline),
     }
 }

@@ -163,9 +163,10 @@ impl Archiver {
         .await;
         match archived {
             None => {}
-            Some(Ok(archived)) => {
+            Some(Ok((archived, registered))) => {
                 telemetry::samples_archived(archived.inserted);
                 ack_all(CONSUMER, &held).await;
+                crate::announce::services_registered(&self.js.client(), &registered).await;
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "batch failed permanently; archiving one by one");

@@ -172,9 +172,10 @@ impl Evaluator {
                 || extend_ack_wait(&held),
             )
             .await;
-            if registered.is_none() {
+            let Some(registered) = registered else {
                 return;
-            }
+            };
+            crate::announce::services_registered(&self.js.client(), &registered).await;
             self.known_services.extend(new_services);
         }
         self.engine.flush(&mut transitions);

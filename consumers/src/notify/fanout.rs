@@ -76,16 +76,10 @@ enum Routed {
     InApp(live::NotificationCreated),
 }
 
-/// Tells dashboards about in-app notifications just committed. Best effort, like every live
-/// announcement.
+/// Tells dashboards about in-app notifications just committed.
 async fn announce(client: &async_nats::Client, created: &[live::NotificationCreated]) {
     for notification in created {
-        if let Err(e) = client
-            .publish(live::NOTIFICATIONS, live::encode(notification).into())
-            .await
-        {
-            tracing::debug!(error = %e, "could not announce a notification");
-        }
+        crate::announce::announce(client, live::NOTIFICATIONS.to_owned(), notification).await;
     }
 }
 

@@ -116,7 +116,6 @@ pub async fn has_handled(js: &jetstream::Context, stream_sequence: u64) -> Optio
 }
 
 /// Tells dashboards which incidents just changed in Postgres, once per incident per batch.
-/// Best effort: a dashboard refetches on reconnect, so a lost announcement only delays it.
 async fn announce<'a>(
     client: &async_nats::Client,
     transitions: impl Iterator<Item = &'a IncidentTransition>,
@@ -141,12 +140,7 @@ async fn announce<'a>(
             service_id: t.incident.service_id.clone(),
             kind: t.kind.as_str().to_owned(),
         };
-        if let Err(e) = client
-            .publish(changed.subject(), live::encode(&changed).into())
-            .await
-        {
-            tracing::debug!(error = %e, "could not announce an incident change");
-        }
+        crate::announce::announce(client, changed.subject(), &changed).await;
     }
 }
 
