@@ -25,6 +25,8 @@ use crate::config::{HttpConfig, Role};
 
 /// How long start-up waits for NATS and Postgres to answer before giving up.
 const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+/// How long requests still in flight may run once shutdown begins.
+const HTTP_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything needed to start a process, already parsed and validated.
 #[derive(Debug, Clone)]
@@ -258,10 +260,19 @@ impl Application {
         let token = stop.clone();
         tasks.spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(token.cancelled_owned())
-                .await
-                .context("serving HTTP");
+            let serve = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+            // Requests in flight get a moment to finish; a browser that stopped reading an
+            // event stream must not hold up the rest of shutdown.
+            let served = tokio::select! {
+                served = std::future::IntoFuture::into_future(serve) => served.context("serving HTTP"),
+                () = async {
+                    token.cancelled().await;
+                    tokio::time::sleep(HTTP_GRACE).await;
+                } => {
+                    tracing::warn!(grace = ?HTTP_GRACE, "HTTP connections still open after the grace period; closing them");
+                    Ok(())
+                }
+            };
             ("http", served)
         });
         tracing::info!(roles = ?settings.roles, "running");

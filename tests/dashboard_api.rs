@@ -88,6 +88,10 @@ impl Events {
     }
 }
 
+fn urlencode(text: &str) -> String {
+    text.replace('+', "%2B").replace(':', "%3A")
+}
+
 fn now() -> String {
     Utc::now().trunc_subsecs(3).to_rfc3339()
 }
@@ -169,10 +173,12 @@ async fn the_event_stream_follows_incidents_notifications_rules_and_samples() {
         })
         .await;
     let incident = opened["id"].as_str().unwrap().to_owned();
-    // The announcement comes after the row is committed.
-    let (status, row) = app.get(&format!("/api/incidents/{incident}")).await;
-    assert_eq!(status, 200, "{row}");
-    assert_eq!(row["data"]["rule_id"], rule.as_str());
+    // The announcement follows the commit: the row is there the moment it arrives.
+    let row = store::incidents::get(&app.pool, incident.parse().unwrap())
+        .await
+        .unwrap()
+        .expect("the announced incident is in Postgres");
+    assert_eq!(row.rule_id.to_string(), rule);
     let (overview_status, overview) = app.get("/api/overview").await;
     assert_eq!(overview_status, 200);
     let web = tile(&overview, "web");
@@ -277,6 +283,37 @@ async fn the_event_stream_follows_incidents_notifications_rules_and_samples() {
         consumers.len()
     );
 
+    let hour_ago = (Utc::now() - chrono::TimeDelta::hours(1)).to_rfc3339();
+    let (status, charts) = app
+        .get(&format!(
+            "/api/metrics/charts?service_ids=web,db,quiet&from={}&to={}",
+            urlencode(&hour_ago),
+            urlencode(&Utc::now().to_rfc3339())
+        ))
+        .await;
+    assert_eq!(status, 200, "{charts}");
+    let series: Vec<(&str, &str, f64)> = charts["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let buckets = c["buckets"].as_array().unwrap();
+            (
+                c["service_id"].as_str().unwrap(),
+                c["metric_type"].as_str().unwrap(),
+                buckets
+                    .iter()
+                    .map(|b| b["max"].as_f64().unwrap())
+                    .fold(0.0, f64::max),
+            )
+        })
+        .collect();
+    assert_eq!(
+        series,
+        [("db", "LATENCY_MS", 5.0), ("web", "LATENCY_MS", 900.0)],
+        "by service, then metric; a service without data has no series"
+    );
+
     let (_, overview) = app.get("/api/overview").await;
     assert_eq!(
         overview["data"]["incidents"],
@@ -332,9 +369,40 @@ async fn bad_stream_requests_get_clear_errors() {
     let anonymous = client_with_key("trk_0000");
     let response = anonymous.get(app.url("/api/stream")).send().await.unwrap();
     assert_eq!(response.status(), 401);
-    for path in ["/api/overview?x=1", "/api/pipeline?x=1"] {
+    for path in [
+        "/api/overview?x=1",
+        "/api/pipeline?x=1",
+        "/api/me?x=1",
+        "/api/metrics/charts?from=2026-01-01T00:00:00Z&to=2026-01-01T01:00:00Z",
+        "/api/metrics/charts?service_ids=,&from=2026-01-01T00:00:00Z&to=2026-01-01T01:00:00Z",
+        "/api/metrics/charts?service_ids=a&from=2026-01-02T00:00:00Z&to=2026-01-01T01:00:00Z",
+        "/api/metrics/charts?service_ids=a&from=2026-01-01T00:00:00Z&to=2026-01-03T00:00:00Z",
+    ] {
         let (status, body) = app.get(path).await;
         assert_eq!(status, 400, "{path}: {body}");
     }
+    let many: Vec<String> = (0..51).map(|i| format!("s{i}")).collect();
+    let (status, body) = app
+        .get(&format!(
+            "/api/metrics/charts?service_ids={}&from=2026-01-01T00:00:00Z&to=2026-01-01T01:00:00Z",
+            many.join(",")
+        ))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("1 to 50"));
+
+    let (status, me) = app.get("/api/me").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&me["data"]["role"], &me["data"]["name"]),
+        (&json!("admin"), &json!("test-admin"))
+    );
+    let viewer = app.client(support::KeyRole::Viewer).await;
+    let (status, me) = support::decode(viewer.get(app.url("/api/me")).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(me["data"]["role"], "viewer");
     app.stop().await;
 }

@@ -140,6 +140,16 @@ pub async fn find_active(pool: &PgPool, digest: &[u8]) -> Result<Option<Principa
     }))
 }
 
+/// Whether the key with this id exists and is not revoked.
+pub async fn is_active(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM api_keys WHERE id = $1 AND revoked_at IS NULL)",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+}
+
 /// Records that keys were used; coarse, so that a busy key is not written on every request.
 pub async fn touch(pool: &PgPool, ids: &[Uuid]) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE api_keys SET last_used_at = now() WHERE id = ANY($1)")

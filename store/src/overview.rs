@@ -84,12 +84,13 @@ pub struct IncidentCounts {
 }
 
 pub async fn incident_counts(pool: &PgPool) -> Result<IncidentCounts, sqlx::Error> {
+    // One count per index rather than one pass over every incident.
     sqlx::query_as(
-        "SELECT count(*) FILTER (WHERE status = 'OPEN') AS open,
-                count(*) FILTER (WHERE status = 'IN_PROGRESS') AS in_progress,
-                count(*) FILTER (WHERE status = 'CLOSED') AS closed,
-                count(*) FILTER (WHERE status <> 'CLOSED' AND resolved_at IS NULL) AS firing
-         FROM incidents",
+        "SELECT (SELECT count(*) FROM incidents WHERE status = 'OPEN') AS open,
+                (SELECT count(*) FROM incidents WHERE status = 'IN_PROGRESS') AS in_progress,
+                (SELECT count(*) FROM incidents WHERE status = 'CLOSED') AS closed,
+                (SELECT count(*) FROM incidents
+                 WHERE resolved_at IS NULL AND status <> 'CLOSED') AS firing",
     )
     .fetch_one(pool)
     .await

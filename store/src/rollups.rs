@@ -107,3 +107,65 @@ pub async fn chart(
     .fetch_all(pool)
     .await
 }
+
+/// One series' chart among many.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct SeriesChart {
+    pub service_id: String,
+    pub metric_type: String,
+    /// Non-empty buckets, oldest first, as [`chart`] gives them.
+    pub buckets: Vec<ChartBucket>,
+}
+
+/// [`chart`] for every metric of each of `service_ids` at once, by service and then metric.
+pub async fn charts(
+    pool: &PgPool,
+    service_ids: &[String],
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    bucket_secs: i64,
+) -> Result<Vec<SeriesChart>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        service_id: String,
+        metric_type: String,
+        #[sqlx(flatten)]
+        bucket: ChartBucket,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT service_id, metric_type,
+                date_bin(make_interval(secs => $4), minute, TIMESTAMPTZ '1970-01-01 00:00:00+00')
+                    AS bucket_start,
+                sum(count)::bigint AS count,
+                sum(sum) / sum(count) AS avg,
+                min(min) AS min,
+                max(max) AS max,
+                (array_agg(last ORDER BY minute DESC))[1] AS last
+         FROM metric_rollups
+         WHERE service_id = ANY($1) AND minute >= $2 AND minute < $3
+         GROUP BY 1, 2, 3
+         ORDER BY 1, 2, 3",
+    )
+    .bind(service_ids)
+    .bind(from)
+    .bind(to)
+    .bind(bucket_secs as f64)
+    .fetch_all(pool)
+    .await?;
+    let mut charts: Vec<SeriesChart> = Vec::new();
+    for row in rows {
+        match charts.last_mut() {
+            Some(last)
+                if last.service_id == row.service_id && last.metric_type == row.metric_type =>
+            {
+                last.buckets.push(row.bucket)
+            }
+            _ => charts.push(SeriesChart {
+                service_id: row.service_id,
+                metric_type: row.metric_type,
+                buckets: vec![row.bucket],
+            }),
+        }
+    }
+    Ok(charts)
+}

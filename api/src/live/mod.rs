@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use async_nats::connection::State;
 use async_nats::jetstream;
 use futures::StreamExt as _;
 use schemas::live::{
@@ -31,6 +32,8 @@ pub use health::Pipeline;
 pub const MAX_STREAMS: usize = 1_000;
 /// How often the pipeline's health is measured and sent.
 pub const HEALTH_EVERY: Duration = Duration::from_secs(5);
+/// How often the NATS connection is looked at, to tell pages to refetch after an outage.
+const CONNECTION_CHECK: Duration = Duration::from_secs(1);
 /// Events an event stream may fall behind by before it is told to refetch everything.
 const BACKLOG: usize = 1_024;
 
@@ -42,6 +45,8 @@ pub enum Live {
     Rules(Arc<RuleChanged>),
     Service(Arc<ServiceRegistered>),
     Health(Arc<Pipeline>),
+    /// Announcements may have been lost (NATS was disconnected): every page refetches.
+    Resync,
 }
 
 /// A durable consumer whose backlog the health panel shows.
@@ -114,6 +119,12 @@ impl Hub {
         js: jetstream::Context,
         pool: PgPool,
     ) -> anyhow::Result<()> {
+        // Measuring waits on JetStream and Postgres; it must never hold up announcements.
+        let (forwarded, ()) = tokio::join!(self.forward(), self.measure(js, pool));
+        forwarded
+    }
+
+    async fn forward(&self) -> anyhow::Result<()> {
         let mut subscriptions = vec![self
             .nats
             .subscribe(format!("{}.>", live::PREFIX))
@@ -129,9 +140,8 @@ impl Hub {
             );
         }
         let mut messages = futures::stream::select_all(subscriptions);
-        let mut meter = health::Meter::new(js, pool, self.consumers.clone());
-        let mut every = tokio::time::interval(HEALTH_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut connected = true;
+        let mut look = tokio::time::interval(CONNECTION_CHECK);
         loop {
             tokio::select! {
                 () = self.stop.cancelled() => return Ok(()),
@@ -144,12 +154,34 @@ impl Hub {
                         let _ = self.events.send(event);
                     }
                 }
-                _ = every.tick() => {
-                    let pipeline = Arc::new(meter.measure().await);
-                    self.health.send_replace(Some(pipeline.clone()));
-                    let _ = self.events.send(Live::Health(pipeline));
+                _ = look.tick() => {
+                    // Announcements made while this process was cut off from NATS are lost:
+                    // once it is back, every page refetches.
+                    let now = self.nats.connection_state() == State::Connected;
+                    if now && !connected {
+                        let _ = self.events.send(Live::Resync);
+                    }
+                    connected = now;
                 }
             }
+        }
+    }
+
+    async fn measure(&self, js: jetstream::Context, pool: PgPool) {
+        let mut meter = health::Meter::new(js, pool, self.consumers.clone());
+        let mut every = tokio::time::interval(HEALTH_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            let pipeline = tokio::select! {
+                () = self.stop.cancelled() => return,
+                pipeline = meter.measure() => Arc::new(pipeline),
+            };
+            self.health.send_replace(Some(pipeline.clone()));
+            let _ = self.events.send(Live::Health(pipeline));
         }
     }
 }

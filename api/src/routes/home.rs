@@ -53,6 +53,11 @@ fn serve(path: &str, request: &HeaderMap) -> Response {
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
             ),
+            // A `?key=` link must not travel on in the Referer of the page's own requests.
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
         ],
         file.data,
     )

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::auth::{self, Admin, Caller, CreatedKey};
+use crate::auth::{self, Admin, Caller, CreatedKey, Viewer};
 use crate::envelope::{self, Data, List};
 use crate::error::ApiError;
 use crate::extract::{bounded_text, JsonBody, Params};
@@ -20,6 +20,28 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, create))
         .routes(routes!(revoke))
+        .routes(routes!(me))
+}
+
+/// The key making the request, as a page needs it to show only what the key may do.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct Me {
+    pub key_id: uuid::Uuid,
+    pub name: String,
+    pub role: Role,
+}
+
+/// Who is asking: the key's id, name and role. Any valid key may ask.
+#[utoipa::path(get, path = "/me", tag = "keys",
+    responses((status = 200, description = "The calling key.", body = Data<Me>)))]
+pub async fn me(caller: Caller<Viewer>, params: Params) -> Result<Response, ApiError> {
+    params.finish()?;
+    let principal = caller.0;
+    Ok(envelope::data(Me {
+        key_id: principal.key_id,
+        name: principal.name,
+        role: principal.role,
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

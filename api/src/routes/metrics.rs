@@ -1,7 +1,7 @@
 //! `/api/metrics`: `POST` publishes one sample or an array, validated as a whole, to
 //! JetStream (202 means every sample is durably in the METRICS stream); `GET` lists archived
 //! samples, raw or per minute; `GET /api/metrics/chart` serves chart buckets from the minute
-//! rollups.
+//! rollups, and `GET /api/metrics/charts` those of many series at once.
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -12,7 +12,7 @@ use schemas::raw::RawValue;
 use schemas::MetricSample;
 use serde::Serialize;
 use serde_json::{json, Value};
-use store::rollups::{ChartBucket, RollupRecord};
+use store::rollups::{ChartBucket, RollupRecord, SeriesChart};
 use store::samples::{MetricFilter, SampleRecord};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list, publish))
         .routes(routes!(chart))
+        .routes(routes!(charts))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
@@ -308,6 +309,73 @@ pub async fn chart(
     )
     .await?;
     Ok(envelope::data(points))
+}
+
+/// Most services one `GET /api/metrics/charts` may ask for.
+pub const MAX_CHART_SERVICES: usize = 50;
+/// Most buckets per series in one `GET /api/metrics/charts`.
+pub const MAX_SERIES_BUCKETS: i64 = 1_440;
+
+/// Charts of every metric of several services at once, from the per-minute rollups: what a
+/// dashboard draws for a page of services in one request. Series come by service and then
+/// metric; each holds its non-empty buckets, oldest first, as `GET /api/metrics/chart` gives
+/// them. At most 50 services and 1,440 buckets per series.
+#[utoipa::path(get, path = "/metrics/charts", tag = "metrics",
+    params(
+        ("service_ids" = String, Query, description = "Comma-separated service ids, 1 to 50."),
+        ("from" = DateTime<Utc>, Query, description = "Start of the range, inclusive (RFC 3339)."),
+        ("to" = DateTime<Utc>, Query, description = "End of the range, exclusive (RFC 3339); later than `from`."),
+        ("bucket" = inline(Option<Bucket>), Query, description = "Bucket width: `1m` (default), `5m` or `1h`."),
+    ),
+    responses((status = 200, description = "A chart per series with data, by service and metric.", body = Data<Vec<SeriesChart>>)))]
+pub async fn charts(
+    _: Caller<Viewer>,
+    State(state): State<AppState>,
+    mut params: Params,
+) -> Result<Response, ApiError> {
+    let raw: String = required(&mut params, "service_ids")?;
+    let from: DateTime<Utc> = required(&mut params, "from")?;
+    let to: DateTime<Utc> = required(&mut params, "to")?;
+    let bucket = params.take::<Bucket>("bucket")?.unwrap_or_default();
+    params.finish()?;
+    let mut service_ids: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    service_ids.sort_unstable();
+    service_ids.dedup();
+    if service_ids.is_empty() || service_ids.len() > MAX_CHART_SERVICES {
+        return Err(query_error(
+            "service_ids",
+            &format!(
+                "{} services; give 1 to {MAX_CHART_SERVICES}",
+                service_ids.len()
+            ),
+        ));
+    }
+    for id in &service_ids {
+        schemas::sample::validate_service_id(id)
+            .map_err(|reason| query_error("service_ids", &format!("{id:?}: {reason}")))?;
+    }
+    if from >= to {
+        return Err(query_error("to", "must be later than `from`"));
+    }
+    let buckets = bucket_count(from, to, bucket.seconds());
+    if buckets > MAX_SERIES_BUCKETS {
+        return Err(query_error(
+            "bucket",
+            &format!(
+                "{buckets} buckets of {} s between from and to; at most {MAX_SERIES_BUCKETS} \
+                 per series are allowed: choose a wider bucket or a shorter range",
+                bucket.seconds()
+            ),
+        ));
+    }
+    let charts =
+        store::rollups::charts(&state.pool, &service_ids, from, to, bucket.seconds()).await?;
+    Ok(envelope::data(charts))
 }
 
 /// How many epoch-aligned buckets of `seconds` the range `[from, to)` touches.

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::HeaderValue;
@@ -12,10 +12,13 @@ use axum::response::{IntoResponse, Response};
 use futures::stream::SelectAll;
 use futures::StreamExt as _;
 use serde_json::json;
+use sqlx::PgPool;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 use crate::auth::{Caller, Viewer};
 use crate::error::ApiError;
@@ -29,8 +32,12 @@ pub const MAX_SERVICES: usize = 100;
 /// How often gathered samples are sent as points.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
-/// Events held for a slow browser before the stream waits on it.
+/// Events held for a slow browser; beyond them events are dropped and it is told to refetch.
 const BUFFER: usize = 256;
+/// A browser that has had no room for events this long is let go.
+const STUCK_AFTER: Duration = Duration::from_secs(30);
+/// How often a stream checks that its key has not been revoked.
+const KEY_RECHECK: Duration = Duration::from_secs(30);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(stream))
@@ -52,7 +59,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// - `health`: the pipeline's health, as `GET /api/pipeline`, every 5 s.
 ///
 /// A comment line is sent every 15 s to keep the connection open. Announcements are best
-/// effort: a client that reconnects refetches.
+/// effort: a client that reconnects, or hears `hello` again, refetches. A browser that reads
+/// too slowly misses events and hears `hello`; one that reads nothing for 30 s is let go, and
+/// so is one whose key is revoked.
 #[utoipa::path(get, path = "/stream", tag = "dashboard",
     params(("services" = Option<String>, Query,
         description = "Comma-separated service ids (at most 100) whose samples to send as points.")),
@@ -60,7 +69,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 200, description = "An endless `text/event-stream`.", content_type = "text/event-stream", body = String),
         (status = 503, description = "This process serves as many streams as it may.")))]
 pub async fn stream(
-    _: Caller<Viewer>,
+    caller: Caller<Viewer>,
     State(state): State<AppState>,
     mut params: Params,
 ) -> Result<Response, ApiError> {
@@ -87,7 +96,14 @@ pub async fn stream(
         samples.push(subscriber);
     }
     let (tx, rx) = mpsc::channel(BUFFER);
-    tokio::spawn(feed(hub, samples, tx, permit));
+    tokio::spawn(feed(
+        hub,
+        state.pool.clone(),
+        caller.0.key_id,
+        samples,
+        tx,
+        permit,
+    ));
     let events = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
@@ -129,33 +145,36 @@ fn parse_services(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
     Ok(services)
 }
 
-/// Sends one browser its events until it goes away or the process stops.
+/// Sends one browser its events until it goes away, its key is revoked or the process stops.
+/// Nothing here waits on the browser: events it cannot take now are dropped and it is told to
+/// refetch, and one that has taken nothing for [`STUCK_AFTER`] is let go.
 async fn feed(
     hub: Arc<Hub>,
+    pool: PgPool,
+    key_id: Uuid,
     mut samples: SelectAll<async_nats::Subscriber>,
     tx: mpsc::Sender<Event>,
     _permit: OwnedSemaphorePermit,
 ) {
     let mut events = hub.subscribe();
-    if tx.send(hello()).await.is_err() {
-        return;
-    }
+    let mut out = Outbox::new(tx);
+    out.offer(hello());
     if let Some(pipeline) = hub.pipeline() {
-        if tx.send(json_event("health", &*pipeline)).await.is_err() {
-            return;
-        }
+        out.offer(json_event("health", &*pipeline));
     }
     let mut points = Points::default();
     let mut flush = tokio::time::interval(FLUSH_EVERY);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recheck =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEY_RECHECK, KEY_RECHECK);
     loop {
-        let event = tokio::select! {
+        tokio::select! {
             () = hub.stop.cancelled() => return,
-            () = tx.closed() => return,
+            () = out.tx.closed() => return,
             received = events.recv() => match received {
-                Ok(live) => live_event(&live),
-                // Events were missed: the page refetches.
-                Err(RecvError::Lagged(_)) => hello(),
+                Ok(Live::Resync) => out.missed = true,
+                Ok(live) => out.offer(live_event(&live)),
+                Err(RecvError::Lagged(_)) => out.missed = true,
                 Err(RecvError::Closed) => return,
             },
             Some(message) = samples.next(), if !samples.is_empty() => {
@@ -172,19 +191,68 @@ async fn feed(
                 ) {
                     points.add(&sample);
                 }
-                continue;
             }
             _ = flush.tick() => {
-                let (taken, dropped) = points.take();
-                if taken.is_empty() {
-                    continue;
+                if out.stuck() {
+                    tracing::debug!("ending an event stream whose browser stopped reading");
+                    return;
                 }
-                json_event("points", &json!({ "points": taken, "dropped": dropped }))
+                out.resync();
+                let (taken, dropped) = points.take();
+                if !taken.is_empty() {
+                    out.offer(json_event("points", &json!({ "points": taken, "dropped": dropped })));
+                }
             }
-        };
-        if tx.send(event).await.is_err() {
-            return;
+            _ = recheck.tick() => {
+                // A revoked key loses its stream; the browser's reconnect then gets 401.
+                if let Ok(false) = store::api_keys::is_active(&pool, key_id).await {
+                    return;
+                }
+            }
         }
+    }
+}
+
+/// The events on their way to one browser.
+struct Outbox {
+    tx: mpsc::Sender<Event>,
+    /// Events were dropped since the browser last heard `hello`.
+    missed: bool,
+    /// Since when the browser has had no room for events.
+    full_since: Option<Instant>,
+}
+
+impl Outbox {
+    fn new(tx: mpsc::Sender<Event>) -> Outbox {
+        Outbox {
+            tx,
+            missed: false,
+            full_since: None,
+        }
+    }
+
+    fn offer(&mut self, event: Event) {
+        match self.tx.try_send(event) {
+            Ok(()) => self.full_since = None,
+            Err(TrySendError::Full(_)) => {
+                self.missed = true;
+                self.full_since.get_or_insert_with(Instant::now);
+            }
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Tells the browser to refetch once it has room, if it missed events.
+    fn resync(&mut self) {
+        if self.missed && self.tx.try_send(hello()).is_ok() {
+            self.missed = false;
+            self.full_since = None;
+        }
+    }
+
+    fn stuck(&self) -> bool {
+        self.full_since
+            .is_some_and(|since| since.elapsed() >= STUCK_AFTER)
     }
 }
 
@@ -199,6 +267,7 @@ fn live_event(live: &Live) -> Event {
         Live::Rules(changed) => json_event("rules", &**changed),
         Live::Service(registered) => json_event("service", &**registered),
         Live::Health(pipeline) => json_event("health", &**pipeline),
+        Live::Resync => hello(),
     }
 }
 
