@@ -87,11 +87,76 @@ pub enum Command {
     /// Replay METRICS through rules to backfill incidents, or with --dry-run to see what the
     /// rules would have caught.
     Replay(ReplayArgs),
+    /// List, inspect and re-drive dead-lettered messages.
+    #[command(subcommand)]
+    Deadletter(DeadletterCommand),
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Apikey(ApikeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeadletterCommand {
+    /// List dead letters, newest last.
+    List {
+        #[command(flatten)]
+        filter: DeadletterFilter,
+        /// Most to list: the newest that match.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Show one dead letter: where it came from, why, every header and the payload.
+    Show {
+        /// Its sequence in the DEADLETTER stream, as `list` prints it.
+        seq: u64,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+    /// Publish dead letters again on their original subjects, for the consumer that gave up
+    /// on them only, then delete them from DEADLETTER. Run it after fixing the cause.
+    Replay {
+        /// DEADLETTER sequences to re-drive; without any, every dead letter that matches the
+        /// filters (which then needs a filter or --all).
+        seqs: Vec<u64>,
+        #[command(flatten)]
+        filter: DeadletterFilter,
+        /// Re-drive every dead letter.
+        #[arg(long)]
+        all: bool,
+        /// Show what would be re-driven, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep the dead letters after re-driving them.
+        #[arg(long)]
+        keep: bool,
+        #[command(flatten)]
+        nats: NatsArgs,
+    },
+}
+
+/// Which dead letters a command looks at; every given filter must match.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DeadletterFilter {
+    /// Only those a consumer gave up on: evaluate, archive, record, notify, index, deliver.
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// Only those from a stream: METRICS, INCIDENTS or DELIVERIES.
+    #[arg(long)]
+    pub stream: Option<String>,
+    /// Only those of a reason kind, such as decode, invalid or max_deliver.
+    #[arg(long)]
+    pub kind: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// NATS server URL.
+    #[arg(long, env = "TRACELY_NATS_URL")]
+    pub nats_url: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -220,6 +220,7 @@ pub async fn run_pull_loop(
                     }
                 }
             }
+            let received = skip_redrives_for_others(name, received).await;
             if !received.is_empty() {
                 let redelivered = received
                     .iter()
@@ -236,6 +237,31 @@ pub async fn run_pull_loop(
         }
     }
     Ok(())
+}
+
+/// Acks, unread, the messages `tracely deadletter replay` published again for another
+/// consumer of the stream: this one handled their originals.
+async fn skip_redrives_for_others(
+    name: &str,
+    received: Vec<jetstream::Message>,
+) -> Vec<jetstream::Message> {
+    let mut mine = Vec::with_capacity(received.len());
+    for msg in received {
+        let target = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(schemas::headers::REDRIVE_FOR))
+            .map(|v| v.as_str().to_owned());
+        match target {
+            Some(target) if target != name => {
+                if let Err(e) = msg.ack().await {
+                    tracing::debug!(consumer = name, error = %e, "could not ack another consumer's re-driven message");
+                }
+            }
+            _ => mine.push(msg),
+        }
+    }
+    mine
 }
 
 async fn pull_stream(

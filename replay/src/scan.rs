@@ -118,7 +118,14 @@ pub async fn scan(
             break Ended::Complete;
         }
         let at_end = seq >= plan.end_seq || pending == 0;
-        if filters.len() > 1 && !filters.iter().any(|f| subject_matches(f, &msg.subject)) {
+        // A re-driven copy is for one live consumer; its original is in the stream too.
+        let redriven = msg
+            .headers
+            .as_ref()
+            .is_some_and(|h| h.get(schemas::headers::REDRIVE_FOR).is_some());
+        if redriven
+            || (filters.len() > 1 && !filters.iter().any(|f| subject_matches(f, &msg.subject)))
+        {
             if at_end {
                 break Ended::Complete;
             }

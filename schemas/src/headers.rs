@@ -16,6 +16,12 @@ pub const DEADLETTER_SEQUENCE: &str = "Tracely-Original-Sequence";
 pub const DEADLETTER_CONSUMER: &str = "Tracely-Consumer";
 pub const DEADLETTER_DELIVERED: &str = "Tracely-Delivered";
 
+/// On a message `tracely deadletter replay` published again: the one consumer it is for.
+/// Every other consumer of the stream acks it unread, since it handled the original.
+pub const REDRIVE_FOR: &str = "Tracely-Redrive-For";
+/// On a re-driven message: the DEADLETTER sequence it came from.
+pub const REDRIVE_OF: &str = "Tracely-Redrive-Of";
+
 /// On a backfilled incident transition: `true` asks `notify` to notify it like a live one
 /// (`tracely replay --notify`). Backfills are not notified otherwise.
 pub const NOTIFY_BACKFILL: &str = "Tracely-Notify";
