@@ -154,7 +154,7 @@ pub struct DeadletterFilter {
 
 #[derive(Debug, Args)]
 pub struct NatsArgs {
-    /// NATS server URL.
+    /// NATS server URL; a cluster's servers comma-separated.
     #[arg(long, env = "TRACELY_NATS_URL")]
     pub nats_url: String,
 }
@@ -198,7 +198,7 @@ pub struct DevArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// NATS server URL, e.g. nats://127.0.0.1:4222.
+    /// NATS server URL, e.g. nats://127.0.0.1:4222; a cluster's servers comma-separated.
     #[arg(long, env = "TRACELY_NATS_URL")]
     pub nats_url: String,
 
@@ -433,7 +433,7 @@ pub struct ReplayArgs {
     #[arg(long, conflicts_with = "dry_run")]
     pub notify: bool,
 
-    /// NATS server URL.
+    /// NATS server URL; a cluster's servers comma-separated.
     #[arg(long, env = "TRACELY_NATS_URL")]
     pub nats_url: String,
 
@@ -463,7 +463,7 @@ pub struct PublishArgs {
     #[arg(long)]
     pub format: Option<FileFormat>,
 
-    /// NATS server URL.
+    /// NATS server URL; a cluster's servers comma-separated.
     #[arg(long, env = "TRACELY_NATS_URL")]
     pub nats_url: String,
 

@@ -337,14 +337,21 @@ async fn record_key_use(auth: &api::auth::Auth, pool: &PgPool, stop: &Cancellati
 }
 
 /// Connects to NATS, retrying for a while so a server that is still starting is waited for.
+/// `url` may list several servers of a cluster, comma-separated; the client also learns the
+/// rest of the cluster from the first server it reaches, and fails over among them.
 pub async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = url
+        .split(',')
+        .map(|one| one.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid NATS URL {url:?} (TRACELY_NATS_URL or --nats-url)"))?;
     let deadline = Instant::now() + CONNECT_PATIENCE;
     let mut logged = false;
     loop {
         let options = async_nats::ConnectOptions::new()
             .name("tracely")
             .connection_timeout(Duration::from_secs(5));
-        match options.connect(url).await {
+        match options.connect(servers.as_slice()).await {
             Ok(client) => return Ok(client),
             Err(e) if Instant::now() < deadline => {
                 if !logged {
