@@ -3,9 +3,11 @@
 //   TRACELY_URL=http://127.0.0.1:8080 TRACELY_KEY=trk_… TRACELY_ARTIFACTS=/tmp/shots node e2e/dashboard.mjs
 //
 // It sets up a department, an in-app channel, a rule and a few services over REST, then drives
-// the pages a person would use, saving a screenshot of each in TRACELY_ARTIFACTS. It works on an
-// empty system and also on one that already has data: its service ids carry a per-run suffix.
-// Exits 0 on success; on failure it prints the step, the page URL and saves failure.png.
+// the pages a person would use, saving a screenshot of each in TRACELY_ARTIFACTS, and finally
+// looks at them with a viewer key. It works on an empty system and also on one that already has
+// data: its service ids carry a per-run suffix. Any browser console error, 5xx answer or error
+// toast fails it. Exits 0 on success; on failure it prints the step, the page URL and saves
+// failure.png.
 
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
@@ -89,6 +91,8 @@ function history(now) {
 
 const consoleErrors = [];
 const serverErrors = [];
+const errorToasts = [];
+let browser;
 let page;
 let stepNumber = 0;
 
@@ -97,11 +101,44 @@ async function step(name, body) {
   const started = Date.now();
   try {
     await body();
+    // Handlers report their failures (a JS exception included) as error toasts, not on the console.
+    if (errorToasts.length) throw new Error(`error toasts appeared:\n  ${errorToasts.join('\n  ')}`);
   } catch (error) {
     error.step = `${stepNumber}. ${name}`;
     throw error;
   }
   console.log(`ok ${stepNumber} - ${name} (${Date.now() - started} ms)`);
+}
+
+/** A browser context whose pages report console errors, page errors, 5xx answers and error toasts. */
+async function watchedContext(label) {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 768 } });
+  await context.exposeFunction('__reportErrorToast', (text) => errorToasts.push(`${label}: ${text}`));
+  await context.addInitScript(() => {
+    const watch = () => {
+      new MutationObserver((records) => {
+        for (const record of records) {
+          for (const node of record.addedNodes) {
+            if (node.nodeType === Node.ELEMENT_NODE && node.matches('.toast-error')) {
+              window.__reportErrorToast(node.firstChild?.textContent ?? node.textContent);
+            }
+          }
+        }
+      }).observe(document.body, { childList: true, subtree: true });
+    };
+    if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', watch);
+    else watch();
+  });
+  const contextPage = await context.newPage();
+  contextPage.setDefaultTimeout(STEP_TIMEOUT_MS);
+  contextPage.on('console', (message) => {
+    if (message.type() === 'error') consoleErrors.push(`${label} console: ${message.text()} (${message.location().url ?? ''})`);
+  });
+  contextPage.on('pageerror', (error) => consoleErrors.push(`${label} page error: ${error.message}`));
+  contextPage.on('response', (response) => {
+    if (response.status() >= 500) serverErrors.push(`${label}: HTTP ${response.status()} from ${response.request().method()} ${response.url()}`);
+  });
+  return contextPage;
 }
 
 async function waitForCount(selector, expected) {
@@ -116,7 +153,9 @@ async function waitForCount(selector, expected) {
 }
 
 async function main() {
+  page = await watchedContext('admin');
   // Screenshots are for people (the README uses them): no passing toasts, no hover effects.
+  // Error toasts were reported as they appeared, so dismissing them hides nothing.
   const shot = async (name) => {
     await page.locator('.toast-close').evaluateAll((buttons) => buttons.forEach((button) => button.click()));
     await page.mouse.move(0, 767);
@@ -185,6 +224,7 @@ async function main() {
     // The ingest rate needs two of the server's measurements, 5 s apart; health events bring it.
     await page.waitForFunction(() => /\d/.test(document.querySelector('#health [data-figure="ingest"]')?.textContent ?? ''));
     await page.locator('#live-indicator[data-state="live"]').waitFor();
+    await page.locator('#whoami .role-badge', { hasText: 'admin' }).waitFor();
     await shot('overview.png');
   });
 
@@ -283,8 +323,12 @@ async function main() {
     await shot('incidents.png');
 
     await page.locator('a[data-nav="departments"]').click();
-    await page.locator(`[data-department="${state.department.id}"]`).waitFor();
+    const department = page.locator(`[data-department="${state.department.id}"]`);
+    await department.waitFor();
     await page.locator(`#service-rows tr[data-service="${CHECKOUT}"]`).waitFor();
+    // Channels load when a department is opened.
+    await department.locator('summary').click();
+    await department.locator('tr[data-channel]', { hasText: 'Inbox' }).waitFor();
     await shot('departments.png');
 
     await page.locator('#header-search input').fill(CHECKOUT);
@@ -295,14 +339,71 @@ async function main() {
     await shot('search.png');
   });
 
-  if (consoleErrors.length || serverErrors.length) {
-    const problems = [...consoleErrors, ...serverErrors].map((line) => `  ${line}`).join('\n');
-    throw Object.assign(new Error(`the browser saw errors:\n${problems}`), { step: 'no console errors and no 5xx' });
+  await step('a mangled link shows the not-found page', async () => {
+    await page.evaluate(() => {
+      location.hash = '#/incidents/%E0%A4%A';
+    });
+    await page.locator('.not-found').waitFor();
+  });
+
+  await step('on a phone-sized screen nothing scrolls sideways and search stays reachable', async () => {
+    await page.setViewportSize({ width: 360, height: 740 });
+    try {
+      await page.locator('a[data-nav="departments"]').click();
+      await page.locator(`#service-rows tr[data-service="${CHECKOUT}"]`).waitFor();
+      const widths = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+      if (widths[0] > widths[1]) throw new Error(`the page is ${widths[0]} px wide in a ${widths[1]} px window`);
+      await page.locator('#tools .search-link').click();
+      await page.locator('#search-form input[name="q"]').waitFor();
+    } finally {
+      await page.setViewportSize({ width: 1366, height: 768 });
+    }
+  });
+
+  await step('a viewer key sees the pages without the controls it may not use', async () => {
+    const created = await rest('POST', '/api/keys', { name: `e2e viewer ${RUN}`, role: 'viewer' });
+    const viewer = await watchedContext('viewer');
+    try {
+      await viewer.goto(`${BASE_URL}/?key=${encodeURIComponent(created.data.key)}`);
+      await viewer.locator('#whoami .role-badge', { hasText: 'viewer' }).waitFor();
+      await viewer.waitForFunction(
+        (id) => document.querySelector(`.tile[data-service="${id}"] .metric .metric-value`)?.textContent,
+        CHECKOUT,
+      );
+
+      await viewer.evaluate((id) => {
+        location.hash = `#/incidents/${id}`;
+      }, state.incident.id);
+      await viewer.locator('#incident-title', { hasText: state.rule.name }).waitFor();
+      await viewer.locator('#comments .comment-body', { hasText: RUN }).waitFor();
+      for (const control of ['#incident-actions', '#status-moves', '#severity-select', '#comment-form', '[data-delete-comment]']) {
+        if (await viewer.locator(control).count()) throw new Error(`a viewer sees ${control} on the incident page`);
+      }
+      await viewer.locator('.toast-close').evaluateAll((buttons) => buttons.forEach((button) => button.click()));
+      await viewer.mouse.move(0, 767);
+      await viewer.screenshot({ path: path.join(ARTIFACTS, 'viewer.png') });
+
+      await viewer.locator('a[data-nav="rules"]').click();
+      await viewer.locator(`#rule-rows tr[data-rule="${state.rule.id}"]`).waitFor();
+      if (await viewer.locator('a[href="#/rules/new"]').count()) throw new Error('a viewer sees “New rule”');
+      if (await viewer.locator('#rule-rows [data-threshold]').count()) throw new Error('a viewer can edit thresholds');
+    } catch (error) {
+      await viewer.screenshot({ path: path.join(ARTIFACTS, 'failure-viewer.png'), fullPage: true }).catch(() => {});
+      throw error;
+    } finally {
+      await viewer.context().close();
+      await rest('DELETE', `/api/keys/${created.data.id}`);
+    }
+  });
+
+  if (consoleErrors.length || serverErrors.length || errorToasts.length) {
+    const problems = [...consoleErrors, ...serverErrors, ...errorToasts].map((line) => `  ${line}`).join('\n');
+    throw Object.assign(new Error(`the browser saw errors:\n${problems}`), { step: 'no console errors, 5xx or error toasts' });
   }
 }
 
 await mkdir(ARTIFACTS, { recursive: true });
-const browser = await chromium.launch({
+browser = await chromium.launch({
   executablePath: process.env.CHROMIUM_BIN || '/usr/bin/chromium',
   args: [
     '--no-sandbox',
@@ -316,16 +417,6 @@ const browser = await chromium.launch({
 });
 let exitCode = 0;
 try {
-  const context = await browser.newContext({ viewport: { width: 1366, height: 768 } });
-  page = await context.newPage();
-  page.setDefaultTimeout(STEP_TIMEOUT_MS);
-  page.on('console', (message) => {
-    if (message.type() === 'error') consoleErrors.push(`console: ${message.text()} (${message.location().url ?? ''})`);
-  });
-  page.on('pageerror', (error) => consoleErrors.push(`page error: ${error.message}`));
-  page.on('response', (response) => {
-    if (response.status() >= 500) serverErrors.push(`HTTP ${response.status()} from ${response.request().method()} ${response.url()}`);
-  });
   await main();
   console.log(`dashboard e2e passed; screenshots in ${ARTIFACTS}`);
 } catch (error) {
@@ -336,6 +427,7 @@ try {
     await page.screenshot({ path: path.join(ARTIFACTS, 'failure.png'), fullPage: true }).catch(() => {});
   }
   if (consoleErrors.length) console.error(`browser errors so far:\n  ${consoleErrors.join('\n  ')}`);
+  if (errorToasts.length) console.error(`error toasts so far:\n  ${errorToasts.join('\n  ')}`);
 } finally {
   await browser.close();
 }

@@ -24,6 +24,7 @@ const SCREENSHOTS: &[&str] = &[
     "incidents.png",
     "departments.png",
     "search.png",
+    "viewer.png",
 ];
 
 fn repository() -> &'static Path {

@@ -1,10 +1,11 @@
-// Boots the dashboard: takes a key from the URL, asks for one when needed, routes between
-// pages and keeps the live stream, its indicator and the unread badge going.
+// Boots the dashboard: takes a key from the URL, asks for one when needed, learns its role,
+// routes between pages and keeps the live stream, its indicator and the unread badge going.
 
-import { api, forgetKey, getKey, onUnauthorized, setKey } from './js/api.js';
-import { $, $$, html, on, render, showError, toast } from './js/dom.js';
+import { forgetKey, getKey, onUnauthorized, setKey } from './js/api.js';
+import { $, $$, errorBanner, html, on, render, showError, toast } from './js/dom.js';
 import * as live from './js/live.js';
 import { currentRoute, match, navigate } from './js/router.js';
+import { forgetMe, loadMe, whoAmI } from './js/session.js';
 import { refreshUnread } from './js/unread.js';
 import * as overview from './js/pages/overview.js';
 import * as incidents from './js/pages/incidents.js';
@@ -27,6 +28,17 @@ const ROUTES = [
   { pattern: /^\/search$/, page: search, nav: null, title: 'Search' },
 ];
 
+const notFound = {
+  mount(view) {
+    render(
+      view,
+      html`<section class="card not-found"><h1>Page not found</h1>
+        <p class="muted">Nothing is at this address. <a href="#/">Back to the overview</a></p></section>`,
+    );
+  },
+};
+const NOT_FOUND = { page: notFound, nav: null, title: 'Not found' };
+
 const view = $('#view');
 let mounted = null; // { route, params, controller }
 
@@ -43,9 +55,14 @@ function takeKeyFromUrl() {
   history.replaceState(null, '', `${location.pathname}${hash}`);
 }
 
-function showShell(signedIn) {
-  $('#nav').hidden = !signedIn;
-  $('#tools').hidden = !signedIn;
+function showShell(me) {
+  $('#nav').hidden = !me;
+  $('#tools').hidden = !me;
+  if (!me) return;
+  const whoami = $('#whoami');
+  $('.whoami-name', whoami).textContent = me.name;
+  $('.role-badge', whoami).textContent = me.role;
+  whoami.title = `Signed in with the key “${me.name}” (${me.role})`;
 }
 
 function unmount() {
@@ -56,7 +73,8 @@ function unmount() {
 function showLogin(message) {
   unmount();
   live.stop();
-  showShell(false);
+  forgetMe();
+  showShell(null);
   document.title = 'Sign in · Tracely';
   render(
     view,
@@ -76,8 +94,9 @@ function showLogin(message) {
   on(form, 'submit', async (event) => {
     event.preventDefault();
     setKey(form.key.value);
+    let me;
     try {
-      await api('/api/notifications/unread-count');
+      me = await loadMe();
     } catch (error) {
       // a 401 has already brought the form back with the API's message
       if (error.status !== 401) {
@@ -86,7 +105,28 @@ function showLogin(message) {
       }
       return;
     }
-    start();
+    start(me);
+  });
+}
+
+/** The stored key could not be checked (the API is down, say): offer to try again. */
+function showUnreachable(error) {
+  unmount();
+  showShell(null);
+  document.title = 'Tracely';
+  render(
+    view,
+    html`<section class="login card">
+      <h1>Tracely is not answering</h1>
+      ${errorBanner(error)}
+      <div class="row"><button class="btn btn-primary" type="button" id="retry-start">Try again</button>
+        <span class="spacer"></span><button class="btn" type="button" id="use-other-key">Use another key</button></div>
+    </section>`,
+  );
+  on($('#retry-start'), 'click', resume);
+  on($('#use-other-key'), 'click', () => {
+    forgetKey();
+    showLogin();
   });
 }
 
@@ -97,11 +137,8 @@ function route() {
   }
   const { path, query } = currentRoute();
   const found = match(ROUTES, path);
-  if (!found) {
-    navigate('/');
-    return;
-  }
-  const { route: next, params } = found;
+  const next = found?.route ?? NOT_FOUND;
+  const params = found?.params ?? [];
   $$('#nav a').forEach((link) => link.classList.toggle('active', link.dataset.nav === next.nav));
   document.title = `${next.title} · Tracely`;
   const samePage = mounted && mounted.route === next && mounted.params.join('/') === params.join('/');
@@ -109,18 +146,31 @@ function route() {
     mounted.controller.update(query);
     return;
   }
+  // The live stream keeps the services it watches until a page asks for others.
   unmount();
-  live.watchServices([]);
   view.replaceChildren();
   window.scrollTo(0, 0);
   mounted = { route: next, params, controller: next.page.mount(view, { params, query }) };
 }
 
-function start() {
-  showShell(true);
+function start(me) {
+  unmount();
+  showShell(me);
   live.start();
   refreshUnread();
   route();
+}
+
+/** Learns the stored key's role, then shows the pages. */
+async function resume() {
+  let me;
+  try {
+    me = await loadMe();
+  } catch (error) {
+    if (error.status !== 401) showUnreachable(error); // a 401 brings the sign-in form
+    return;
+  }
+  start(me);
 }
 
 function showLiveState(state, detail) {
@@ -157,12 +207,18 @@ $('#header-search').addEventListener('submit', (event) => {
 });
 
 window.addEventListener('hashchange', () => {
-  if (location.hash.startsWith('#key=')) takeKeyFromUrl();
-  if (getKey()) route();
+  if (location.hash.startsWith('#key=')) {
+    // Another key: its role may differ, and the stream must use it.
+    takeKeyFromUrl();
+    live.stop();
+    resume();
+  } else if (whoAmI()) {
+    route(); // not before the key's role is known: start() routes then
+  }
 });
 
 window.addEventListener('unhandledrejection', (event) => showError(event.reason));
 
 takeKeyFromUrl();
-if (getKey()) start();
+if (getKey()) resume();
 else showLogin();

@@ -94,13 +94,52 @@ export function statusLabel(status) {
   return STATUS_LABELS[status] ?? status;
 }
 
-export function debounce(fn, ms) {
+/**
+ * Runs fn once a burst of calls has been quiet for `ms`, but never later than `maxWait` after
+ * the burst's first call, so a steady stream of calls still gets through. A run that returns a
+ * promise is not overlapped: calls meanwhile make one more run once it settles.
+ */
+export function debounce(fn, ms, maxWait = Math.max(ms, 1000)) {
   let timer = null;
+  let burstStart = 0;
+  let lastArgs = [];
+  let running = false;
+  let again = false;
+
+  async function run() {
+    timer = null;
+    burstStart = 0;
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    try {
+      await fn(...lastArgs);
+    } catch (error) {
+      showError(error);
+    } finally {
+      running = false;
+      if (again) {
+        again = false;
+        run();
+      }
+    }
+  }
+
   const debounced = (...args) => {
+    lastArgs = args;
+    const now = Date.now();
+    burstStart ||= now;
     clearTimeout(timer);
-    timer = setTimeout(() => fn(...args), ms);
+    timer = setTimeout(run, Math.max(0, Math.min(ms, burstStart + maxWait - now)));
   };
-  debounced.cancel = () => clearTimeout(timer);
+  debounced.cancel = () => {
+    clearTimeout(timer);
+    timer = null;
+    burstStart = 0;
+    again = false;
+  };
   return debounced;
 }
 

@@ -10,11 +10,20 @@ export function navigate(path) {
   location.hash = path;
 }
 
-/** Finds the first route whose pattern matches; its capture groups become params. */
+/**
+ * Finds the first route whose pattern matches; its capture groups become params. Null when
+ * none matches, or when a param is not valid percent-encoding (a mangled link).
+ */
 export function match(routes, path) {
   for (const route of routes) {
     const found = route.pattern.exec(path);
-    if (found) return { route, params: found.slice(1).map(decodeURIComponent) };
+    if (!found) continue;
+    try {
+      return { route, params: found.slice(1).map(decodeURIComponent) };
+    } catch (error) {
+      if (error instanceof URIError) return null;
+      throw error;
+    }
   }
   return null;
 }

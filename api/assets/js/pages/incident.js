@@ -1,11 +1,12 @@
 // One incident: its fields, the metric around it, the timeline, comments and the controls
-// people own (status, severity, assignee).
+// people own (status, severity, assignee), which need an operator key.
 
 import { api } from '../api.js';
 import { timeChart, toSeconds } from '../charts.js';
 import {
   $, debounce, errorBanner, formatNumber, html, on, render, severityBadge, showError, statusBadge, statusLabel, time,
 } from '../dom.js';
+import { can } from '../session.js';
 
 const HOUR_MS = 3600 * 1000;
 const SEVERITIES = ['CRITICAL', 'HIGH', 'MEDIUM', 'LOW'];
@@ -20,6 +21,7 @@ export function mount(view, { params: [id] }) {
   let incident = null;
   let departments = new Map();
   let chart = null;
+  const mayWork = can('operator');
 
   render(
     view,
@@ -31,7 +33,7 @@ export function mount(view, { params: [id] }) {
         </div>
       </div>
       <div id="incident-error"></div>
-      <section class="card" id="incident-actions" hidden>
+      ${mayWork ? html`<section class="card" id="incident-actions" hidden>
         <div class="actions-bar">
           <div><div class="field-label">Status</div><div class="group" id="status-moves"></div></div>
           <label>Severity <select name="severity" id="severity-select">
@@ -42,7 +44,7 @@ export function mount(view, { params: [id] }) {
             <button class="btn" type="button" id="unassign">Unassign</button>
           </form>
         </div>
-      </section>
+      </section>` : ''}
       <div class="columns gap-top">
         <div class="stack">
           <section class="card"><div class="card-head"><h2>Metric</h2><span class="muted small" id="chart-caption"></span></div>
@@ -53,10 +55,10 @@ export function mount(view, { params: [id] }) {
           <section class="card"><h2>Details</h2><dl class="kv" id="incident-fields"></dl></section>
           <section class="card"><h2>Comments</h2>
             <ul class="comments" id="comments"></ul>
-            <form id="comment-form" class="stack">
+            ${mayWork ? html`<form id="comment-form" class="stack">
               <textarea name="body" rows="3" maxlength="10000" required placeholder="Add a comment…"></textarea>
               <div class="row"><span class="spacer"></span><button class="btn btn-primary" type="submit">Add comment</button></div>
-            </form>
+            </form>` : ''}
           </section>
         </div>
       </div>`,
@@ -104,6 +106,10 @@ export function mount(view, { params: [id] }) {
         ${incident.resolved_at ? html`<span class="badge st-closed">resolved</span>` : html`<span class="badge sev-high">firing</span>`}`,
     );
     $('#incident-message', view).textContent = incident.message;
+    if (mayWork) renderActions();
+  }
+
+  function renderActions() {
     $('#incident-actions', view).hidden = false;
     render(
       $('#status-moves', view),
@@ -160,7 +166,7 @@ export function mount(view, { params: [id] }) {
         : comments.map(
             (comment) => html`<li class="comment" data-comment="${comment.id}">
               <div class="comment-head"><strong>${comment.author}</strong>${time(comment.created_at)}
-                <span class="spacer"></span><button type="button" class="btn-link small" data-delete-comment="${comment.id}">Delete</button></div>
+                <span class="spacer"></span>${mayWork ? html`<button type="button" class="btn-link small" data-delete-comment="${comment.id}">Delete</button>` : ''}</div>
               <div class="comment-body">${comment.body}</div>
             </li>`,
           ),
@@ -218,34 +224,36 @@ export function mount(view, { params: [id] }) {
     await load();
   }
 
-  on($('#status-moves', view), 'click', '[data-status]', async (event, button) => {
-    await patch({ status: button.dataset.status });
-  });
-  on($('#severity-select', view), 'change', async (event) => {
-    try {
-      await patch({ severity: event.target.value });
-    } finally {
-      if (incident) event.target.value = incident.severity;
-    }
-  });
-  on($('#assignee-form', view), 'submit', async (event) => {
-    event.preventDefault();
-    const value = event.target.assignee.value.trim();
-    await patch({ assignee: value || null });
-  });
-  on($('#unassign', view), 'click', () => patch({ assignee: null }));
-  on($('#comment-form', view), 'submit', async (event) => {
-    event.preventDefault();
-    const form = event.target;
-    await api(`/api/incidents/${encodeURIComponent(id)}/comments`, { method: 'POST', body: { body: form.body.value } });
-    form.reset();
-    await load();
-  });
-  on($('#comments', view), 'click', '[data-delete-comment]', async (event, button) => {
-    if (!window.confirm('Delete this comment?')) return;
-    await api(`/api/incidents/${encodeURIComponent(id)}/comments/${button.dataset.deleteComment}`, { method: 'DELETE' });
-    await load();
-  });
+  if (mayWork) {
+    on($('#status-moves', view), 'click', '[data-status]', async (event, button) => {
+      await patch({ status: button.dataset.status });
+    });
+    on($('#severity-select', view), 'change', async (event) => {
+      try {
+        await patch({ severity: event.target.value });
+      } finally {
+        if (incident) event.target.value = incident.severity;
+      }
+    });
+    on($('#assignee-form', view), 'submit', async (event) => {
+      event.preventDefault();
+      const value = event.target.assignee.value.trim();
+      await patch({ assignee: value || null });
+    });
+    on($('#unassign', view), 'click', () => patch({ assignee: null }));
+    on($('#comment-form', view), 'submit', async (event) => {
+      event.preventDefault();
+      const form = event.target;
+      await api(`/api/incidents/${encodeURIComponent(id)}/comments`, { method: 'POST', body: { body: form.body.value } });
+      form.reset();
+      await load();
+    });
+    on($('#comments', view), 'click', '[data-delete-comment]', async (event, button) => {
+      if (!window.confirm('Delete this comment?')) return;
+      await api(`/api/incidents/${encodeURIComponent(id)}/comments/${button.dataset.deleteComment}`, { method: 'DELETE' });
+      await load();
+    });
+  }
 
   loadDepartments();
   load();

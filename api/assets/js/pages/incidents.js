@@ -8,6 +8,8 @@ import { navigate } from '../router.js';
 
 const PAGE_SIZE = 25;
 const FILTERS = ['status', 'severity', 'service_id', 'source', 'search'];
+// Incident changes the table does not show (it has no assignee or comments).
+const QUIET_INCIDENT_KINDS = new Set(['assigned', 'commented', 'comment_deleted']);
 
 export function mount(view, { query }) {
   const state = readState(query);
@@ -137,8 +139,8 @@ export function mount(view, { query }) {
   const reload = debounce(load, 200);
 
   return {
-    onEvent(type) {
-      if (type === 'incident' || type === 'hello') reload();
+    onEvent(type, data) {
+      if ((type === 'incident' && !QUIET_INCIDENT_KINDS.has(data.kind)) || type === 'hello') reload();
     },
     update(nextQuery) {
       Object.assign(state, readState(nextQuery));

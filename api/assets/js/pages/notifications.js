@@ -1,9 +1,10 @@
-// Notifications: the in-app inbox, with read state.
+// Notifications: the in-app inbox, with read state (changed with an operator key).
 
 import { api } from '../api.js';
 import {
   $, debounce, errorBanner, html, on, pagination, render, replaceQuery, severityBadge, showError, time, toast,
 } from '../dom.js';
+import { can } from '../session.js';
 import { refreshUnread } from '../unread.js';
 
 const PAGE_SIZE = 50;
@@ -11,6 +12,7 @@ const PAGE_SIZE = 50;
 export function mount(view, { query }) {
   let destroyed = false;
   let departments = new Map();
+  const mayMark = can('operator');
   const state = { unreadOnly: query.get('read') === 'false', offset: Number.parseInt(query.get('offset') ?? '0', 10) || 0 };
 
   render(
@@ -19,7 +21,7 @@ export function mount(view, { query }) {
         <div><h1>Notifications</h1><div class="sub muted small" id="notification-total"></div></div>
         <div class="page-actions">
           <label class="check"><input type="checkbox" id="unread-only"> Unread only</label>
-          <button type="button" class="btn" id="read-all">Mark all read</button>
+          ${mayMark ? html`<button type="button" class="btn" id="read-all">Mark all read</button>` : ''}
         </div>
       </div>
       <div id="notifications-error"></div>
@@ -63,8 +65,8 @@ export function mount(view, { query }) {
                   ${n.incident_id ? html`<a href="#/incidents/${n.incident_id}">Open incident</a>` : ''}
                 </div>
               </div>
-              <button type="button" class="btn btn-small" data-mark="${n.read_at ? 'unread' : 'read'}">
-                ${n.read_at ? 'Mark unread' : 'Mark read'}</button>
+              ${mayMark ? html`<button type="button" class="btn btn-small" data-mark="${n.read_at ? 'unread' : 'read'}">
+                ${n.read_at ? 'Mark unread' : 'Mark read'}</button>` : ''}
             </li>`,
           ),
     );
@@ -79,18 +81,20 @@ export function mount(view, { query }) {
     }
   }
 
-  on($('#inbox', view), 'click', '[data-mark]', async (event, button) => {
-    const id = button.closest('[data-notification]').dataset.notification;
-    await api(`/api/notifications/${id}/${button.dataset.mark}`, { method: 'POST' });
-    refreshUnread();
-    await load();
-  });
-  on($('#read-all', view), 'click', async () => {
-    const { data } = await api('/api/notifications/read-all', { method: 'POST' });
-    toast(`${data.updated} notification${data.updated === 1 ? '' : 's'} marked read.`, 'info');
-    refreshUnread();
-    await load();
-  });
+  if (mayMark) {
+    on($('#inbox', view), 'click', '[data-mark]', async (event, button) => {
+      const id = button.closest('[data-notification]').dataset.notification;
+      await api(`/api/notifications/${id}/${button.dataset.mark}`, { method: 'POST' });
+      refreshUnread();
+      await load();
+    });
+    on($('#read-all', view), 'click', async () => {
+      const { data } = await api('/api/notifications/read-all', { method: 'POST' });
+      toast(`${data.updated} notification${data.updated === 1 ? '' : 's'} marked read.`, 'info');
+      refreshUnread();
+      await load();
+    });
+  }
   $('#unread-only', view).addEventListener('change', (event) => {
     state.unreadOnly = event.target.checked;
     state.offset = 0;

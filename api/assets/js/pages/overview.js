@@ -10,7 +10,13 @@ import * as live from '../live.js';
 
 const HOUR = 3600;
 const RECENT_INCIDENTS = 6;
-const REFRESH_EVENTS = new Set(['incident', 'rules', 'notification', 'service', 'hello']);
+// Tiles come most troubled first; only the first ones get charts and live points, which keeps
+// them to one /api/metrics/charts request (50 services at most) and a modest stream.
+const CHARTED_TILES = 48;
+const REFRESH_EVENTS = new Set(['incident', 'rules', 'service', 'hello']);
+// Incident changes that move no count, tile or top rule. `updated` does change values in the
+// latest incidents, which may wait for the next refresh.
+const QUIET_INCIDENT_KINDS = new Set(['updated', 'commented', 'comment_deleted', 'assigned']);
 const STATUS_TEXT = { ok: 'OK', warning: 'Warning', violated: 'Violated' };
 
 export function mount(view) {
@@ -39,6 +45,10 @@ export function mount(view) {
 
   const tiles = new Map(); // service id -> tile
   const unknownSeries = new Set(); // points seen for series no tile shows, each refetched for once
+  const chartNote = document.createElement('div');
+  chartNote.className = 'tiles-note muted small';
+  chartNote.textContent = `Charts are shown for the ${CHARTED_TILES} most troubled services.`;
+  let chartsStale = false; // events may have been missed: reload every chart with the next refresh
   let destroyed = false;
 
   async function refresh() {
@@ -71,16 +81,18 @@ export function mount(view) {
   function syncTiles(services) {
     const container = $('#tiles', view);
     const seen = new Set();
-    for (const service of services) {
+    const toLoad = new Set(); // services with charts that have no history yet
+    services.forEach((service, index) => {
       seen.add(service.id);
       let tile = tiles.get(service.id);
       if (!tile) {
         tile = createTile(service.id);
         tiles.set(service.id, tile);
       }
-      updateTile(tile, service);
+      if (index === CHARTED_TILES) container.append(chartNote);
+      if (updateTile(tile, service, index < CHARTED_TILES) || (chartsStale && tile.charts.size)) toLoad.add(tile.id);
       container.append(tile.element);
-    }
+    });
     for (const [id, tile] of tiles) {
       if (!seen.has(id)) {
         tile.charts.forEach((metric) => metric.chart.destroy());
@@ -88,12 +100,15 @@ export function mount(view) {
         tiles.delete(id);
       }
     }
+    if (services.length <= CHARTED_TILES) chartNote.remove();
     if (services.length === 0) {
       render(container, html`<div class="card empty">No services yet. They appear with their first metric sample.</div>`);
     } else {
       container.querySelector('.empty')?.remove();
     }
-    live.watchServices(services.map((s) => s.id));
+    chartsStale = false;
+    live.watchServices(services.slice(0, CHARTED_TILES).map((s) => s.id));
+    if (toLoad.size) loadCharts([...toLoad]);
   }
 
   function createTile(id) {
@@ -107,11 +122,13 @@ export function mount(view) {
       </div>
       <div class="tile-counts"></div>
       <div class="tile-metrics"></div>
+      <div class="tile-metric-names muted small mono" hidden></div>
       <div class="tile-empty muted small" hidden>No samples archived yet</div>`.toString();
-    return { id, element, charts: new Map() };
+    return { id, element, charted: false, charts: new Map() };
   }
 
-  function updateTile(tile, service) {
+  /** Brings a tile up to date; true when it gained charts that need their history. */
+  function updateTile(tile, service, charted) {
     const { element } = tile;
     element.classList.remove('status-ok', 'status-warning', 'status-violated');
     element.classList.add(`status-${service.status}`);
@@ -125,8 +142,9 @@ export function mount(view) {
       $('.tile-counts', element),
       html`<span><strong>${service.firing}</strong> firing</span><span><strong>${service.open}</strong> open</span>`,
     );
+    tile.charted = charted;
     const metricsElement = $('.tile-metrics', element);
-    const wanted = new Set(service.metric_types);
+    const wanted = new Set(charted ? service.metric_types : []);
     for (const [metricType, metric] of tile.charts) {
       if (!wanted.has(metricType)) {
         metric.chart.destroy();
@@ -134,17 +152,24 @@ export function mount(view) {
         tile.charts.delete(metricType);
       }
     }
-    service.metric_types.forEach((metricType, index) => {
-      if (tile.charts.has(metricType)) return;
-      const metric = createMetricChart(tile.id, metricType, PALETTE[index % PALETTE.length]);
-      tile.charts.set(metricType, metric);
-      metricsElement.append(metric.element);
-      loadMetric(metric);
-    });
+    let added = false;
+    if (charted) {
+      service.metric_types.forEach((metricType, index) => {
+        if (tile.charts.has(metricType)) return;
+        const metric = createMetricChart(metricType, PALETTE[index % PALETTE.length]);
+        tile.charts.set(metricType, metric);
+        metricsElement.append(metric.element);
+        added = true;
+      });
+    }
+    const names = $('.tile-metric-names', element);
+    names.textContent = service.metric_types.join(' · ');
+    names.hidden = charted || service.metric_types.length === 0;
     $('.tile-empty', element).hidden = service.metric_types.length > 0;
+    return added;
   }
 
-  function createMetricChart(serviceId, metricType, color) {
+  function createMetricChart(metricType, color) {
     const element = document.createElement('div');
     element.className = 'metric';
     element.dataset.metric = metricType;
@@ -155,33 +180,44 @@ export function mount(view) {
       height: 90,
       compact: true,
     });
-    return { serviceId, metricType, element, chart, times: [], values: [] };
+    return { metricType, element, chart, times: [], values: [] };
   }
 
-  async function loadMetric(metric) {
+  /** The last hour of every metric of these services, in one request. */
+  async function loadCharts(serviceIds) {
     const now = Date.now();
     try {
-      const { data } = await api('/api/metrics/chart', {
+      const { data } = await api('/api/metrics/charts', {
         query: {
-          service_id: metric.serviceId,
-          metric_type: metric.metricType,
+          service_ids: serviceIds.join(','),
           from: new Date(now - HOUR * 1000).toISOString(),
           to: new Date(now).toISOString(),
           bucket: '1m',
         },
       });
       if (destroyed) return;
-      // Keep the streamed points that arrived meanwhile and are newer than the last minute.
-      const coveredUntil = data.length ? toSeconds(data[data.length - 1].bucket_start) + 60 : -Infinity;
-      const newer = metric.times.findIndex((t) => t >= coveredUntil);
-      const keep = newer === -1 ? 0 : metric.times.length - newer;
-      metric.times = [...data.map((bucket) => toSeconds(bucket.bucket_start)), ...metric.times.slice(metric.times.length - keep)];
-      metric.values = [...data.map((bucket) => bucket.avg), ...metric.values.slice(metric.values.length - keep)];
-      drawMetric(metric);
+      const buckets = new Map(data.map((series) => [`${series.service_id}/${series.metric_type}`, series.buckets]));
+      for (const id of serviceIds) {
+        tiles.get(id)?.charts.forEach((metric) => setHistory(metric, buckets.get(`${id}/${metric.metricType}`) ?? []));
+      }
     } catch (error) {
       if (destroyed) return;
-      $('.metric-value', metric.element).textContent = `chart unavailable: ${error.message}`;
+      for (const id of serviceIds) {
+        tiles.get(id)?.charts.forEach((metric) => {
+          $('.metric-value', metric.element).textContent = `chart unavailable: ${error.message}`;
+        });
+      }
     }
+  }
+
+  /** Keeps the streamed points that arrived meanwhile and are newer than the last bucket. */
+  function setHistory(metric, buckets) {
+    const coveredUntil = buckets.length ? toSeconds(buckets[buckets.length - 1].bucket_start) + 60 : -Infinity;
+    const newer = metric.times.findIndex((t) => t >= coveredUntil);
+    const keep = newer === -1 ? 0 : metric.times.length - newer;
+    metric.times = [...buckets.map((bucket) => toSeconds(bucket.bucket_start)), ...metric.times.slice(metric.times.length - keep)];
+    metric.values = [...buckets.map((bucket) => bucket.avg), ...metric.values.slice(metric.values.length - keep)];
+    drawMetric(metric);
   }
 
   function drawMetric(metric) {
@@ -203,7 +239,9 @@ export function mount(view) {
     const touched = new Set();
     let unknown = false;
     for (const point of points) {
-      const metric = tiles.get(point.service_id)?.charts.get(point.metric_type);
+      const tile = tiles.get(point.service_id);
+      if (tile && !tile.charted) continue; // dropped from the charted tiles; the stream follows
+      const metric = tile?.charts.get(point.metric_type);
       if (!metric) {
         const key = `${point.service_id}/${point.metric_type}`;
         unknown ||= !unknownSeries.has(key);
@@ -230,11 +268,9 @@ export function mount(view) {
     onEvent(type, data, info) {
       if (type === 'points') addPoints(data.points ?? []);
       else if (type === 'health') renderHealth(view, data);
-      else if (REFRESH_EVENTS.has(type)) {
+      else if (REFRESH_EVENTS.has(type) && !(type === 'incident' && QUIET_INCIDENT_KINDS.has(data.kind))) {
+        if (type === 'hello' && info.resumed) chartsStale = true;
         scheduleRefresh();
-        if (type === 'hello' && info.resumed) {
-          tiles.forEach((tile) => tile.charts.forEach(loadMetric));
-        }
       }
     },
     destroy() {

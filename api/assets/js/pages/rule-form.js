@@ -1,5 +1,6 @@
 // Creating and editing a rule, with a backtest preview of what it would have caught. Nothing is
-// saved until "Save".
+// saved until "Save". Saving needs an admin key and previewing an operator key; a viewer sees
+// the rule read-only.
 
 import { api } from '../api.js';
 import { alignSeries, PALETTE, timeChart, toSeconds } from '../charts.js';
@@ -7,6 +8,7 @@ import {
   $, $$, errorBanner, formatNumber, html, on, render, severityBadge, time, toast,
 } from '../dom.js';
 import { navigate } from '../router.js';
+import { can } from '../session.js';
 
 const AGGREGATIONS = ['last', 'avg', 'min', 'max', 'sum', 'count', 'p50', 'p90', 'p95', 'p99', 'rate'];
 const OPERATORS = ['>', '>=', '<', '<=', '==', '!='];
@@ -36,12 +38,19 @@ export function mount(view, { params: [ruleId], query }) {
   let saved = null; // the rule as stored, when editing
   let departments = [];
   let preview = null;
+  let knownServices = new Set();
+  let metricsOf = null; // the service whose metrics the metric field suggests
+  const maySave = can('admin');
+  const mayPreview = can('operator');
+  const title = maySave ? (editing ? 'Edit rule' : 'New rule') : (editing ? 'Rule' : 'Draft a rule');
 
   render(
     view,
     html`<div class="page-head">
-        <div><a class="small" href="#/rules">← Rules</a><h1>${editing ? 'Edit rule' : 'New rule'}</h1></div>
+        <div><a class="small" href="#/rules">← Rules</a><h1>${title}</h1></div>
       </div>
+      ${maySave ? '' : html`<div class="banner banner-info small">Saving rules needs an admin key${
+        mayPreview ? '; you can still preview what a rule would catch' : ''}.</div>`}
       <div id="rule-load-error"></div>
       <div class="columns-wide-right">
         <form class="card stack" id="rule-form" novalidate>
@@ -91,14 +100,14 @@ export function mount(view, { params: [ruleId], query }) {
             <label class="check"><input type="checkbox" name="enabled" checked> Enabled</label>
           </div></fieldset>
           <div class="row">
-            <button class="btn btn-primary" type="submit" id="save-rule">Save</button>
-            <a class="btn" href="#/rules">Cancel</a>
+            ${maySave ? html`<button class="btn btn-primary" type="submit" id="save-rule">Save</button>` : ''}
+            <a class="btn" href="#/rules">${maySave ? 'Cancel' : 'Back to rules'}</a>
             <span class="spacer"></span>
-            ${editing ? html`<button class="btn btn-danger" type="button" id="delete-rule">Delete</button>` : ''}
+            ${editing && maySave ? html`<button class="btn btn-danger" type="button" id="delete-rule">Delete</button>` : ''}
           </div>
           <datalist id="service-ids"></datalist><datalist id="metric-types"></datalist>
         </form>
-        <section class="card" id="backtest">
+        ${mayPreview ? html`<section class="card" id="backtest">
           <div class="card-head"><h2>Backtest preview</h2><span class="muted small">what this rule would have caught; nothing is saved</span></div>
           <div class="row">
             <select name="period" id="backtest-period" aria-label="Period">${PERIODS.map(([value, label]) => html`<option value="${value}">${label}</option>`)}</select>
@@ -106,7 +115,7 @@ export function mount(view, { params: [ruleId], query }) {
             <span class="muted small" id="backtest-stale"></span>
           </div>
           <div id="backtest-result"><p class="muted">Press Preview to replay the chosen period through the rule as the form stands.</p></div>
-        </section>
+        </section>` : ''}
       </div>`,
   );
   const form = $('#rule-form', view);
@@ -348,10 +357,9 @@ export function mount(view, { params: [ruleId], query }) {
   }
 
   async function loadChoices() {
-    const [departmentList, services, overview] = await Promise.allSettled([
+    const [departmentList, services] = await Promise.allSettled([
       api('/api/departments', { query: { limit: 1000 } }),
       api('/api/services', { query: { limit: 1000 } }),
-      api('/api/overview'),
     ]);
     if (departmentList.status === 'rejected') throw departmentList.reason;
     departments = departmentList.value.data;
@@ -364,10 +372,27 @@ export function mount(view, { params: [ruleId], query }) {
     departmentSelect.value = current;
     renderExtraDepartments();
     if (services.status === 'fulfilled') {
+      knownServices = new Set(services.value.data.map((s) => s.id));
       render($('#service-ids', view), services.value.data.map((s) => html`<option value="${s.id}">`));
     }
-    const seenMetrics = overview.status === 'fulfilled' ? overview.value.data.services.flatMap((s) => s.metric_types) : [];
-    render($('#metric-types', view), [...new Set([...seenMetrics, ...COMMON_METRICS])].map((m) => html`<option value="${m}">`));
+  }
+
+  /** Suggests the chosen service's metrics, and the common ones, for the metric field. */
+  async function suggestMetrics() {
+    const service = form.service_id.value.trim();
+    if (service === metricsOf) return;
+    metricsOf = service;
+    let seen = [];
+    if (knownServices.has(service)) {
+      try {
+        const { data } = await api(`/api/services/${encodeURIComponent(service)}`);
+        seen = data.metrics.map((metric) => metric.metric_type);
+      } catch {
+        // only suggestions: the field takes any metric
+      }
+    }
+    if (destroyed || metricsOf !== service) return;
+    render($('#metric-types', view), [...new Set([...seen, ...COMMON_METRICS])].map((m) => html`<option value="${m}">`));
   }
 
   /** Loads the choices (and the rule, when editing); the form is marked ready once filled. */
@@ -380,10 +405,14 @@ export function mount(view, { params: [ruleId], query }) {
     applyKind();
     try {
       await loadChoices();
+      if (!editing) suggestMetrics();
       if (editing) {
         saved = (await api(`/api/rules/${encodeURIComponent(ruleId)}`)).data;
         if (destroyed) return;
         fill(saved);
+      }
+      if (!mayPreview) {
+        [...form.elements].forEach((element) => { element.disabled = true; });
       }
       form.dataset.ready = 'true';
     } catch (error) {
@@ -392,15 +421,16 @@ export function mount(view, { params: [ruleId], query }) {
   }
 
   form.kind.addEventListener('change', applyKind);
+  form.service_id.addEventListener('change', suggestMetrics);
   form.addEventListener('input', () => {
     if (preview) $('#backtest-stale', view).textContent = 'The form changed since this preview.';
   });
   on(form, 'submit', async (event) => {
     event.preventDefault();
-    await save();
+    if (maySave) await save();
   });
-  on($('#run-backtest', view), 'click', runBacktest);
-  if (editing) {
+  if (mayPreview) on($('#run-backtest', view), 'click', runBacktest);
+  if (editing && maySave) {
     on($('#delete-rule', view), 'click', async () => {
       if (!window.confirm(`Delete the rule “${saved?.name ?? ruleId}”? Its incidents stay.`)) return;
       await api(`/api/rules/${encodeURIComponent(ruleId)}`, { method: 'DELETE' });

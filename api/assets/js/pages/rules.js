@@ -1,19 +1,22 @@
-// Rules: the list, with enable/disable toggles and thresholds edited in place.
+// Rules: the list, with enable/disable toggles and thresholds edited in place (with an admin
+// key; others see them read-only).
 
 import { api } from '../api.js';
 import { $, debounce, errorBanner, formatNumber, html, on, render, severityBadge, toast } from '../dom.js';
+import { can } from '../session.js';
 import { conditionParts } from './rule-form.js';
 
 export function mount(view) {
   let destroyed = false;
   let departments = new Map();
   let pendingRender = null;
+  const mayEdit = can('admin');
 
   render(
     view,
     html`<div class="page-head">
         <div><h1>Rules</h1><div class="sub muted small" id="rule-total"></div></div>
-        <div class="page-actions"><a class="btn btn-primary" href="#/rules/new">New rule</a></div>
+        ${mayEdit ? html`<div class="page-actions"><a class="btn btn-primary" href="#/rules/new">New rule</a></div>` : ''}
       </div>
       <div id="rules-error"></div>
       <section class="card">
@@ -52,8 +55,8 @@ export function mount(view) {
     render(
       tbody,
       rules.length === 0
-        ? html`<tr><td colspan="8" class="empty">No rules yet. <a href="#/rules/new">Create one</a>.</td></tr>`
-        : rules.map((rule) => ruleRow(rule, departments)),
+        ? html`<tr><td colspan="8" class="empty">No rules yet.${mayEdit ? html` <a href="#/rules/new">Create one</a>.` : ''}</td></tr>`
+        : rules.map((rule) => ruleRow(rule, departments, mayEdit)),
     );
   }
 
@@ -100,8 +103,9 @@ export function mount(view) {
   const reload = debounce(load, 200);
 
   return {
-    onEvent(type) {
-      if (type === 'rules' || type === 'hello' || type === 'incident') reload();
+    onEvent(type, data) {
+      // Of incident changes, only an opening moves a rule's trigger count.
+      if (type === 'rules' || type === 'hello' || (type === 'incident' && data.kind === 'opened')) reload();
     },
     destroy() {
       destroyed = true;
@@ -110,23 +114,30 @@ export function mount(view) {
   };
 }
 
-function ruleRow(rule, departments) {
+function ruleRow(rule, departments, mayEdit) {
   const condition = conditionParts(rule);
   const department = rule.department_id ? departments.get(rule.department_id) ?? rule.department_id : null;
+  let threshold = '';
+  if (rule.kind === 'threshold') {
+    threshold = mayEdit
+      ? html`<input class="inline-number" type="number" step="any" data-threshold value="${rule.threshold}"
+          aria-label="Threshold" title="Edit and press Enter to save">`
+      : html`<span class="condition">${formatNumber(rule.threshold)}</span>`;
+  }
+  const toggleTitle = mayEdit
+    ? (rule.enabled ? 'Enabled: click to disable' : 'Disabled: click to enable')
+    : (rule.enabled ? 'Enabled' : 'Disabled');
   return html`<tr data-rule="${rule.id}">
-    <td><label class="toggle" title="${rule.enabled ? 'Enabled: click to disable' : 'Disabled: click to enable'}">
-      <input type="checkbox" data-enable ${rule.enabled ? html`checked` : ''} aria-label="Enabled"><span></span></label></td>
+    <td><label class="toggle" title="${toggleTitle}">
+      <input type="checkbox" data-enable ${rule.enabled ? html`checked` : ''} ${mayEdit ? '' : html`disabled`} aria-label="Enabled"><span></span></label></td>
     <td><a href="#/rules/${rule.id}">${rule.name}</a></td>
     <td class="nowrap"><span class="condition">${condition.before}</span>
-      ${rule.kind === 'threshold'
-        ? html`<input class="inline-number" type="number" step="any" data-threshold value="${rule.threshold}"
-            aria-label="Threshold" title="Edit and press Enter to save">`
-        : ''}
+      ${threshold}
       <span class="condition muted">${condition.after}</span></td>
     <td class="mono">${rule.service_id ?? html`<span class="muted">all</span>`}</td>
     <td>${severityBadge(rule.severity)}</td>
     <td>${department ?? html`<span class="muted">none</span>`}</td>
     <td class="num">${rule.trigger_count}</td>
-    <td class="nowrap"><a class="btn btn-small" href="#/rules/${rule.id}">Edit</a></td>
+    <td class="nowrap"><a class="btn btn-small" href="#/rules/${rule.id}">${mayEdit ? 'Edit' : 'View'}</a></td>
   </tr>`;
 }

@@ -8,6 +8,8 @@ import {
 const PAGE_SIZE = 20;
 const FACETS = [['status', 'Status'], ['severity', 'Severity'], ['service_id', 'Service']];
 const ENGINES = { meilisearch: 'Meilisearch (typo-tolerant)', postgres: 'Postgres full-text search' };
+// Incident changes that touch nothing a hit shows or matches on (values, the assignee).
+const QUIET_INCIDENT_KINDS = new Set(['updated', 'assigned']);
 
 export function mount(view, { query }) {
   let destroyed = false;
@@ -126,8 +128,8 @@ export function mount(view, { query }) {
   const reload = debounce(load, 300);
 
   return {
-    onEvent(type) {
-      if (type === 'incident' || type === 'hello') reload();
+    onEvent(type, data) {
+      if ((type === 'incident' && !QUIET_INCIDENT_KINDS.has(data.kind)) || type === 'hello') reload();
     },
     update(nextQuery) {
       Object.assign(state, readState(nextQuery));
