@@ -14,10 +14,13 @@ endif
 endif
 endif
 
-.PHONY: help deps e2e-deps build run test e2e lint fmt clean
+# The fault-injection cases mostly wait out their faults, so they run four at a time.
+FAULTS := cargo test --test faults -- --test-threads 4 injected_fault::
+
+.PHONY: help deps e2e-deps build run test test-faults e2e lint fmt clean
 
 help: ## List the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-9s %s\n", $$1, $$2 }'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{ printf "  %-12s %s\n", $$1, $$2 }'
 
 deps: ## Install nats-server, Postgres and the test helpers if missing
 	@scripts/install-deps.sh
@@ -34,7 +37,12 @@ run: deps ## Run the local stack (`tracely dev`); pass options with ARGS=...
 test: deps e2e-deps ## Check formatting and lints, then run every test
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo test --workspace --all-targets
+	cargo test --workspace --all-targets -- --skip injected_fault::
+	$(FAULTS)
+
+test-faults: deps ## Run the fault-injection suite alone (also part of `make test`)
+	$(FAULTS)
+	cargo test --test backfills_api -- a_job_killed_with_its_process
 
 e2e: deps e2e-deps ## Run only the dashboard's browser test; screenshots go to target/e2e-artifacts/
 	cargo test --test dashboard_e2e -- --nocapture

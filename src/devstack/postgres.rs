@@ -236,6 +236,12 @@ impl Postgres {
 
     /// Fast shutdown (SIGINT), then SIGKILL if still running after 10s.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shut_down().await
+    }
+
+    /// [`Postgres::stop`] keeping the handle, so that [`Postgres::restart`] can bring the same
+    /// server back.
+    pub async fn shut_down(&mut self) -> anyhow::Result<()> {
         if self.exited {
             return Ok(());
         }
@@ -250,6 +256,14 @@ impl Postgres {
             self.kill();
         }
         self.exited = true;
+        Ok(())
+    }
+
+    /// Starts the server again on the same port and data directory after it stopped or was
+    /// killed; `fast` as in [`Postgres::start`].
+    pub async fn restart(&mut self, fast: bool) -> anyhow::Result<()> {
+        anyhow::ensure!(self.exited, "Postgres is still running");
+        *self = Self::start_on(&self.data_dir.clone(), self.port, fast).await?;
         Ok(())
     }
 
