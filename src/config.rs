@@ -87,6 +87,10 @@ pub enum Command {
     /// Replay METRICS through rules to backfill incidents, or with --dry-run to see what the
     /// rules would have caught.
     Replay(ReplayArgs),
+    /// Measure the whole pipeline on this machine against raw JetStream: sustained throughput,
+    /// and detection latency at 25%, 50% and 80% of it. Starts its own nats-server and
+    /// Postgres.
+    Bench(BenchArgs),
     /// List, inspect and re-drive dead-lettered messages.
     #[command(subcommand)]
     Deadletter(DeadletterCommand),
@@ -95,6 +99,29 @@ pub enum Command {
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Apikey(ApikeyCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Directory for the benchmark's nats-server and Postgres data; emptied first, removed after.
+    #[arg(long, default_value = ".tracely/bench")]
+    pub data_dir: PathBuf,
+    /// Samples published for each throughput measurement.
+    #[arg(long, default_value_t = 300_000)]
+    pub samples: usize,
+    /// Series the samples spread over, each judged by every one of the 10 rules.
+    #[arg(long, default_value_t = 10_000)]
+    pub series: usize,
+    /// Seconds each latency load level runs.
+    #[arg(long, default_value_t = 20)]
+    pub level_secs: u64,
+    /// Probe samples per second at each level; each opens one incident whose detection
+    /// latency is measured.
+    #[arg(long, default_value_t = 100)]
+    pub probes_per_sec: u64,
+    /// Where to write the results (a section of the file is replaced); `-` writes nothing.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    pub write: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,7 @@
 //! The `tracely` command line: parses the settings and runs one subcommand.
 
 pub mod apikey;
+pub mod bench;
 pub mod deadletter;
 pub mod dev;
 pub mod publish;
@@ -50,6 +51,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", api::openapi().to_pretty_json()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(args) => bench::run(args).await,
         Command::Deadletter(command) => deadletter::run(command).await,
         Command::Apikey(command) => apikey::run(command).await.map(|()| ExitCode::SUCCESS),
     }

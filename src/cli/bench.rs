@@ -1,0 +1,483 @@
+//! `tracely bench`: the whole pipeline on this machine, against raw JetStream on the same
+//! machine in the same run.
+//!
+//! 1. **Raw JetStream.** The same messages Tracely gets (MessagePack samples with their
+//!    `Nats-Msg-Id`) are published, with acks awaited a window at a time, to a stream
+//!    configured like METRICS, while one durable pull consumer reads and acks them. The rate is
+//!    messages over the time until the last is acked.
+//! 2. **Tracely, sustained.** The same number of samples go to METRICS while `evaluate` (10
+//!    rules over every series), `archive` and `record` run. The rate is samples over the time
+//!    until every consumer has acked everything, incidents recorded included.
+//! 3. **Detection latency** at 25%, 50% and 80% of that rate: load is published at a steady
+//!    pace, and probe samples, each on a series of its own, open one incident each. Latency is
+//!    from a probe's event time, taken as it is published, to the insertion of its incident's
+//!    row, both on this machine's clock.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
+use async_nats::HeaderMap;
+use chrono::Utc;
+use futures::StreamExt as _;
+use schemas::{headers, Aggregation, MetricSample, Operator, Severity, Span};
+use sqlx::PgPool;
+use store::rules::NewRule;
+
+use crate::config::{BenchArgs, Role};
+use crate::devstack::{NatsServer, Postgres};
+use crate::startup::{connect_nats, Application, Settings};
+
+/// Publishes awaiting their acks at once, as `POST /api/metrics` and `tracely publish` do.
+const ACK_WINDOW: usize = 1_000;
+const LOAD_METRIC: &str = "LATENCY_MS";
+const PROBE_METRIC: &str = "PROBE_MS";
+/// How often the paced publisher sends a batch.
+const TICK: Duration = Duration::from_millis(10);
+const LEVELS: [u32; 3] = [25, 50, 80];
+const THROUGHPUT_TARGET: f64 = 0.5;
+const LATENCY_TARGET_SECS: f64 = 0.1;
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.samples >= 10_000, "--samples must be at least 10000");
+    anyhow::ensure!(args.series >= 1, "--series must be at least 1");
+    let dir = &args.data_dir;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("emptying {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let nats = NatsServer::start(&dir.join("nats")).await?;
+    let postgres = Postgres::start(&dir.join("postgres"), false).await?;
+    let result = measure(&args, &nats, &postgres).await;
+    let _ = tokio::join!(postgres.stop(), nats.stop());
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    println!("\n{}", report.markdown(&args));
+    if args.write.as_os_str() != "-" {
+        write_section(&args.write, &report.markdown(&args))?;
+        println!("written to {}", args.write.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Report {
+    raw_per_sec: f64,
+    tracely_per_sec: f64,
+    incidents: i64,
+    levels: Vec<Level>,
+}
+
+struct Level {
+    percent: u32,
+    target_per_sec: f64,
+    achieved_per_sec: f64,
+    probes: i64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+}
+
+async fn measure(
+    args: &BenchArgs,
+    nats: &NatsServer,
+    postgres: &Postgres,
+) -> anyhow::Result<Report> {
+    let client = connect_nats(&nats.url()).await?;
+    let js = jetstream::new(client);
+
+    println!(
+        "1/3 raw JetStream: {} messages published and consumed",
+        args.samples
+    );
+    let raw_per_sec = raw_jetstream(&js, args).await?;
+    println!("    {raw_per_sec:.0} messages/s");
+
+    let database_url = postgres.create_database("bench").await?;
+    let topology = consumers::Topology::built_in();
+    let settings = Settings {
+        nats_url: nats.url(),
+        database_url,
+        roles: vec![Role::Evaluate, Role::Record, Role::Archive],
+        http_addr: "127.0.0.1:0".parse().expect("an address"),
+        topology,
+        db_max_connections: 10,
+        shutdown_timeout: Duration::from_secs(10),
+        allowed_lateness: Duration::from_secs(30),
+        sample_retention: Duration::from_secs(24 * 3600),
+        http: Default::default(),
+        notify: Default::default(),
+        meili: None,
+    };
+    let app = Application::build(settings).await?;
+    let pool = app.pool().clone();
+    for rule in rules() {
+        store::rules::insert(&pool, &rule).await?;
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let measured = async {
+        println!(
+            "2/3 Tracely sustained: {} samples over {} series × 10 rules",
+            args.samples, args.series
+        );
+        let tracely_per_sec = sustained(&js, args).await?;
+        let incidents: i64 = sqlx::query_scalar("SELECT count(*) FROM incidents")
+            .fetch_one(&pool)
+            .await?;
+        println!(
+            "    {tracely_per_sec:.0} samples/s, {:.0}% of raw JetStream; {incidents} incidents recorded",
+            100.0 * tracely_per_sec / raw_per_sec
+        );
+        println!("3/3 detection latency at 25%, 50% and 80% of that rate");
+        let mut levels = Vec::new();
+        for percent in LEVELS {
+            let level = latency(&js, &pool, args, percent, tracely_per_sec).await?;
+            println!(
+                "    {percent}%: {:.0} samples/s, {} probes: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms",
+                level.achieved_per_sec,
+                level.probes,
+                level.p50 * 1000.0,
+                level.p99 * 1000.0,
+                level.p999 * 1000.0
+            );
+            levels.push(level);
+        }
+        anyhow::Ok(Report {
+            raw_per_sec,
+            tracely_per_sec,
+            incidents,
+            levels,
+        })
+    }
+    .await;
+    stop.cancel();
+    running.await.context("the pipeline panicked")??;
+    measured
+}
+
+/// Ten rules on the load metric, as in the replay benchmark, and one on the probes.
+fn rules() -> Vec<NewRule> {
+    let rule = |aggregation, window: i64, operator, threshold: f64, pending: i64| NewRule {
+        aggregation,
+        window: Span(window * 1000),
+        pending_for: Span(pending * 1000),
+        clear_for: Span(pending * 1000),
+        ..NewRule::threshold(
+            &format!("{aggregation:?} {window}s {operator} {threshold}"),
+            LOAD_METRIC,
+            operator,
+            threshold,
+            Severity::High,
+        )
+    };
+    vec![
+        rule(Aggregation::Last, 0, Operator::Gt, 300.0, 0),
+        rule(Aggregation::Avg, 60, Operator::Gt, 250.0, 30),
+        rule(Aggregation::Max, 120, Operator::Gt, 520.0, 0),
+        rule(Aggregation::P95, 300, Operator::Gt, 400.0, 60),
+        rule(Aggregation::Min, 60, Operator::Lt, 50.0, 0),
+        rule(Aggregation::Sum, 60, Operator::Gt, 100_000.0, 0),
+        rule(Aggregation::Count, 60, Operator::Gt, 10_000.0, 0),
+        rule(Aggregation::P99, 300, Operator::Ge, 530.0, 30),
+        rule(Aggregation::P50, 120, Operator::Gt, 450.0, 0),
+        rule(Aggregation::Avg, 300, Operator::Gt, 350.0, 0),
+        NewRule::threshold("probe", PROBE_METRIC, Operator::Gt, 0.0, Severity::High),
+    ]
+}
+
+/// Samples `from..to` of the load: series round-robin, about 1% spiking, a millisecond apart
+/// and ending now, so that each series' samples have times of their own.
+fn load(from: usize, to: usize, series: usize, run: &str) -> Vec<MetricSample> {
+    let now = Utc::now();
+    let at = |i: usize| now - chrono::TimeDelta::milliseconds((to - 1 - i) as i64);
+    (from..to)
+        .map(|i| {
+            let mut x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            x ^= x >> 29;
+            let value = if x % 100 == 0 {
+                600.0
+            } else {
+                100.0 + (x % 100) as f64
+            };
+            MetricSample {
+                service_id: format!("svc-{:05}", i % series),
+                metric_type: LOAD_METRIC.to_owned(),
+                value,
+                recorded_at: at(i),
+                id: Some(format!("{run}-{i}")),
+                labels: Default::default(),
+            }
+        })
+        .collect()
+}
+
+fn message(sample: &MetricSample) -> PublishMessage {
+    let mut headers = HeaderMap::new();
+    headers.insert(headers::CONTENT_TYPE, headers::MSGPACK_CONTENT_TYPE);
+    PublishMessage::build()
+        .headers(headers)
+        .payload(sample.to_msgpack().into())
+        .message_id(sample.id.clone().unwrap_or_default())
+}
+
+/// Messages per second through one stream and one consumer, published and acked concurrently.
+async fn raw_jetstream(js: &jetstream::Context, args: &BenchArgs) -> anyhow::Result<f64> {
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: "BENCH".to_owned(),
+            subjects: vec!["bench.>".to_owned()],
+            storage: jetstream::stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .context("creating the BENCH stream")?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("bench".to_owned()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let total = args.samples;
+    let started = Instant::now();
+    let reader = tokio::spawn(async move {
+        let mut messages = consumer.messages().await?;
+        let mut read = 0;
+        while read < total {
+            let message = messages
+                .next()
+                .await
+                .context("the consumer ended early")?
+                .map_err(|e| anyhow::anyhow!("reading: {e}"))?;
+            message
+                .ack()
+                .await
+                .map_err(|e| anyhow::anyhow!("acking: {e}"))?;
+            read += 1;
+        }
+        anyhow::Ok(())
+    });
+    for from in (0..total).step_by(ACK_WINDOW) {
+        let to = (from + ACK_WINDOW).min(total);
+        let mut acks = Vec::with_capacity(to - from);
+        for sample in load(from, to, args.series, "raw") {
+            let subject = format!("bench.{}.{}", sample.service_id, sample.metric_type);
+            acks.push(js.send_publish(subject, message(&sample)).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    reader.await??;
+    let elapsed = started.elapsed();
+    js.delete_stream("BENCH").await?;
+    Ok(total as f64 / elapsed.as_secs_f64())
+}
+
+/// Samples per second from the first publish until every consumer has acked everything.
+async fn sustained(js: &jetstream::Context, args: &BenchArgs) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    for from in (0..args.samples).step_by(10 * ACK_WINDOW) {
+        let to = (from + 10 * ACK_WINDOW).min(args.samples);
+        api::publish::publish_samples(js, &load(from, to, args.series, "sustained")).await?;
+    }
+    drained(js).await?;
+    Ok(args.samples as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Waits until the pipeline's consumers have nothing pending or unacked.
+async fn drained(js: &jetstream::Context) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut idle = true;
+        for (stream, consumer) in [
+            ("METRICS", "evaluate"),
+            ("METRICS", "archive"),
+            ("INCIDENTS", "record"),
+        ] {
+            let info = js.get_stream(stream).await?.consumer_info(consumer).await?;
+            idle &= info.num_pending == 0 && info.num_ack_pending == 0;
+        }
+        if idle {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the pipeline did not catch up in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes load at `percent` of `sustained` for `--level-secs`, with probes, and reads the
+/// probes' detection latency.
+async fn latency(
+    js: &jetstream::Context,
+    pool: &PgPool,
+    args: &BenchArgs,
+    percent: u32,
+    sustained: f64,
+) -> anyhow::Result<Level> {
+    let target = sustained * f64::from(percent) / 100.0;
+    let run = format!("level{percent}");
+    let per_tick = target * TICK.as_secs_f64();
+    let probe_every = Duration::from_secs_f64(1.0 / args.probes_per_sec.max(1) as f64);
+    let started = Instant::now();
+    let ends = started + Duration::from_secs(args.level_secs);
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let (mut owed, mut sent, mut probes) = (0.0, 0usize, 0usize);
+    let mut next_probe = started;
+    let probe_run = format!("{run}-probe");
+    while Instant::now() < ends {
+        ticker.tick().await;
+        owed += per_tick;
+        let count = owed.floor() as usize;
+        owed -= count as f64;
+        let mut batch = load(sent, sent + count, args.series, &run);
+        sent += count;
+        while next_probe <= Instant::now() {
+            batch.push(MetricSample {
+                service_id: format!("probe-{percent}-{probes:06}"),
+                metric_type: PROBE_METRIC.to_owned(),
+                value: 1.0,
+                recorded_at: Utc::now(),
+                id: Some(format!("{probe_run}-{probes}")),
+                labels: Default::default(),
+            });
+            probes += 1;
+            next_probe += probe_every;
+        }
+        api::publish::publish_samples(js, &batch).await?;
+    }
+    let achieved = sent as f64 / started.elapsed().as_secs_f64();
+    drained(js).await?;
+    let (count, p50, p99, p999): (i64, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT count(*),
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY latency),
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY latency),
+                percentile_cont(0.999) WITHIN GROUP (ORDER BY latency)
+         FROM (SELECT extract(epoch FROM created_at - opened_at)::float8 AS latency
+               FROM incidents WHERE service_id LIKE $1) probes",
+    )
+    .bind(format!("probe-{percent}-%"))
+    .fetch_one(pool)
+    .await?;
+    anyhow::ensure!(
+        count as usize == probes,
+        "{probes} probes were published but {count} incidents recorded"
+    );
+    Ok(Level {
+        percent,
+        target_per_sec: target,
+        achieved_per_sec: achieved,
+        probes: count,
+        p50: p50.unwrap_or_default(),
+        p99: p99.unwrap_or_default(),
+        p999: p999.unwrap_or_default(),
+    })
+}
+
+impl Report {
+    fn markdown(&self, args: &BenchArgs) -> String {
+        let ratio = self.tracely_per_sec / self.raw_per_sec;
+        let half = self.levels.iter().find(|l| l.percent == 50);
+        let verdict = |met: bool| if met { "met" } else { "missed" };
+        let mut text = format!(
+            "## End to end (`tracely bench`)\n\n\
+             ```sh\ncargo run --release -- bench --samples {} --series {} --level-secs {} --probes-per-sec {}\n```\n\n\
+             Run on {}, on {}. nats-server and Postgres run on the same machine, started by the\n\
+             command; Tracely runs `evaluate`, `archive` and `record` in one process. Every\n\
+             sample is judged by 10 rules (windows up to 5 m, p95/p99, pending and clearing)\n\
+             over {} series; about 1% of them spike.\n\n\
+             | pipeline | samples/s | of raw JetStream |\n|---|---:|---:|\n\
+             | raw JetStream: publish with acks + one consumer acking | {:.0} | 100% |\n\
+             | Tracely: publish, evaluate, archive, record ({} incidents) | {:.0} | {:.0}% |\n\n\
+             Target: at least 50% of raw JetStream: {}.\n\n\
+             Detection latency, from a probe sample's event time (taken as it is published) to\n\
+             the insertion of its incident's row, at a steady load:\n\n\
+             | load | samples/s asked | sent | probes | p50 | p99 | p99.9 |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n",
+            args.samples,
+            args.series,
+            args.level_secs,
+            args.probes_per_sec,
+            Utc::now().format("%Y-%m-%d"),
+            machine(),
+            args.series,
+            self.raw_per_sec,
+            self.incidents,
+            self.tracely_per_sec,
+            100.0 * ratio,
+            verdict(ratio >= THROUGHPUT_TARGET),
+        );
+        for l in &self.levels {
+            text.push_str(&format!(
+                "| {}% | {:.0} | {:.0} | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+                l.percent,
+                l.target_per_sec,
+                l.achieved_per_sec,
+                l.probes,
+                l.p50 * 1000.0,
+                l.p99 * 1000.0,
+                l.p999 * 1000.0
+            ));
+        }
+        if let Some(half) = half {
+            text.push_str(&format!(
+                "\nTarget: p99 under 100 ms at 50% load: {} ({:.1} ms).\n",
+                verdict(half.p99 < LATENCY_TARGET_SECS),
+                half.p99 * 1000.0
+            ));
+        }
+        text
+    }
+}
+
+/// The CPU model, cores and memory, as Linux reports them.
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("an unknown CPU")
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    format!(
+        "{cores} cores of {model} with {} GiB",
+        (memory_kib as f64 / 1024.0 / 1024.0).round()
+    )
+}
+
+const BEGIN: &str = "<!-- tracely bench: begin -->";
+const END: &str = "<!-- tracely bench: end -->";
+
+/// Replaces the section between the markers, or appends it.
+fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let block = format!("{BEGIN}\n{section}{END}\n");
+    let updated = match (text.find(BEGIN), text.find(END)) {
+        (Some(begin), Some(end)) if begin < end => {
+            format!(
+                "{}{block}{}",
+                &text[..begin],
+                &text[end + END.len()..].trim_start_matches('\n')
+            )
+        }
+        _ => format!("{}\n{block}", text.trim_end()),
+    };
+    std::fs::write(path, updated).with_context(|| format!("writing {}", path.display()))
+}
