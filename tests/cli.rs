@@ -357,3 +357,51 @@ async fn dev_runs_the_stack_with_an_admin_key_in_dev_env() {
     assert!(status.success(), "{status}");
     assert!(!env_file.exists(), "dev.env is removed with the stack");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_measures_and_writes_its_section_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("BENCHMARKS.md");
+    std::fs::write(&file, "# Benchmarks\n\nOther results stay.\n").unwrap();
+    let run = || async {
+        let out = tracely()
+            .args(["bench", "--samples", "10000", "--series", "200"])
+            .args(["--level-secs", "2", "--probes-per-sec", "20"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--write")
+            .arg(&file)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let printed = run().await;
+    for expected in [
+        "1/3 raw JetStream",
+        "2/3 Tracely sustained",
+        "3/3 detection latency",
+    ] {
+        assert!(printed.contains(expected), "{printed}");
+    }
+    run().await;
+    let written = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        written.starts_with("# Benchmarks\n\nOther results stay.\n"),
+        "{written}"
+    );
+    assert_eq!(
+        written.matches("## End to end (`tracely bench`)").count(),
+        1,
+        "replaced, not appended: {written}"
+    );
+    assert!(
+        written.contains("| 50% |") && written.contains("probes"),
+        "{written}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "the benchmark's data is removed"
+    );
+}
