@@ -3,35 +3,9 @@
 # present it only checks and prints.
 set -euo pipefail
 
-say() { printf 'install-deps: %s\n' "$*"; }
-warn() { printf 'install-deps: warning: %s\n' "$*" >&2; }
-die() {
-    printf 'install-deps: error: %s\n' "$*" >&2
-    exit 1
-}
-
-# Root runs apt directly; others need sudo.
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "need root to run: $*"
-    fi
-}
-
-APT_UPDATED=0
-apt_install() {
-    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install manually: $*"
-    if [ "$APT_UPDATED" -eq 0 ]; then
-        say "apt-get update"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        APT_UPDATED=1
-    fi
-    say "apt-get install $*"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+NAME=install-deps
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 # --- Rust -------------------------------------------------------------------
 command -v cargo >/dev/null 2>&1 ||

@@ -2,35 +2,11 @@
 # Installs what the dashboard's browser test needs: Chromium, Node.js and the pinned
 # playwright-core in e2e/node_modules. Idempotent: when all is present it only checks.
 set -euo pipefail
+
+NAME=install-e2e-deps
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
-
-say() { printf 'install-e2e-deps: %s\n' "$*"; }
-die() {
-    printf 'install-e2e-deps: error: %s\n' "$*" >&2
-    exit 1
-}
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "need root to run: $*"
-    fi
-}
-
-APT_UPDATED=0
-apt_install() {
-    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install manually: $*"
-    if [ "$APT_UPDATED" -eq 0 ]; then
-        say "apt-get update"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        APT_UPDATED=1
-    fi
-    say "apt-get install $*"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
 
 chromium_bin() {
     if [ -n "${CHROMIUM_BIN:-}" ] && [ -x "${CHROMIUM_BIN}" ]; then

@@ -363,7 +363,7 @@ async fn bad_stream_requests_get_clear_errors() {
     assert!(body["error"]["message"]
         .as_str()
         .unwrap()
-        .contains("at most 100"));
+        .contains("give 0 to 100"));
     let (status, body) = app.get("/api/stream?service=web").await;
     assert_eq!(status, 400, "an unknown parameter is named: {body}");
     let anonymous = client_with_key("trk_0000");

@@ -404,22 +404,17 @@ async fn accepted(js: &jetstream::Context) -> Vec<MetricSample> {
 
 /// Waits until every durable consumer has handled everything in its stream.
 async fn drained(js: &jetstream::Context) {
-    eventually("the consumers to drain", DRAIN, || async {
-        for (stream, consumer) in [
+    support::drained_consumers(
+        js,
+        &[
             ("METRICS", "evaluate"),
             ("METRICS", "archive"),
             ("INCIDENTS", "record"),
             ("INCIDENTS", "notify"),
             ("DELIVERIES", "deliver"),
-        ] {
-            let stream = js.get_stream(stream).await.ok()?;
-            let info = stream.consumer_info(consumer).await.ok()?;
-            if info.num_pending > 0 || info.num_ack_pending > 0 {
-                return None;
-            }
-        }
-        Some(())
-    })
+        ],
+        DRAIN,
+    )
     .await
 }
 

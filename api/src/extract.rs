@@ -233,6 +233,35 @@ pub fn bounded_text<'a>(field: &str, text: &'a str, max: usize) -> Result<&'a st
     }
 }
 
+/// A comma-separated list of service ids in query parameter `name`: validated, sorted and
+/// without repeats, between `min` and `max` of them.
+pub fn service_id_list(
+    raw: &str,
+    name: &str,
+    min: usize,
+    max: usize,
+) -> Result<Vec<String>, ApiError> {
+    let mut ids: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.len() < min || ids.len() > max {
+        return Err(query_error(
+            name,
+            &format!("{} services; give {min} to {max}", ids.len()),
+        ));
+    }
+    for id in &ids {
+        schemas::sample::validate_service_id(id)
+            .map_err(|reason| query_error(name, &format!("{id:?}: {reason}")))?;
+    }
+    Ok(ids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

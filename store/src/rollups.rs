@@ -86,19 +86,14 @@ pub async fn chart(
     to: DateTime<Utc>,
     bucket_secs: i64,
 ) -> Result<Vec<ChartBucket>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT date_bin(make_interval(secs => $5), minute, TIMESTAMPTZ '1970-01-01 00:00:00+00')
-                    AS bucket_start,
-                sum(count)::bigint AS count,
-                sum(sum) / sum(count) AS avg,
-                min(min) AS min,
-                max(max) AS max,
-                (array_agg(last ORDER BY minute DESC))[1] AS last
+    sqlx::query_as(&format!(
+        "SELECT {BUCKET_COLUMNS}
          FROM metric_rollups
          WHERE service_id = $1 AND metric_type = $2 AND minute >= $3 AND minute < $4
          GROUP BY 1
          ORDER BY 1",
-    )
+        BUCKET_COLUMNS = bucket_columns("$5")
+    ))
     .bind(service_id)
     .bind(metric_type)
     .bind(from)
@@ -106,6 +101,20 @@ pub async fn chart(
     .bind(bucket_secs as f64)
     .fetch_all(pool)
     .await
+}
+
+/// The columns of a [`ChartBucket`], summing minutes into buckets of `seconds` (a bind
+/// parameter) seconds aligned to the Unix epoch; the bucket start must be grouped on.
+fn bucket_columns(seconds: &str) -> String {
+    format!(
+        "date_bin(make_interval(secs => {seconds}), minute, TIMESTAMPTZ '1970-01-01 00:00:00+00')
+             AS bucket_start,
+         sum(count)::bigint AS count,
+         sum(sum) / sum(count) AS avg,
+         min(min) AS min,
+         max(max) AS max,
+         (array_agg(last ORDER BY minute DESC))[1] AS last"
+    )
 }
 
 /// One series' chart among many.
@@ -132,20 +141,14 @@ pub async fn charts(
         #[sqlx(flatten)]
         bucket: ChartBucket,
     }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT service_id, metric_type,
-                date_bin(make_interval(secs => $4), minute, TIMESTAMPTZ '1970-01-01 00:00:00+00')
-                    AS bucket_start,
-                sum(count)::bigint AS count,
-                sum(sum) / sum(count) AS avg,
-                min(min) AS min,
-                max(max) AS max,
-                (array_agg(last ORDER BY minute DESC))[1] AS last
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "SELECT service_id, metric_type, {BUCKET_COLUMNS}
          FROM metric_rollups
          WHERE service_id = ANY($1) AND minute >= $2 AND minute < $3
          GROUP BY 1, 2, 3
          ORDER BY 1, 2, 3",
-    )
+        BUCKET_COLUMNS = bucket_columns("$4")
+    ))
     .bind(service_ids)
     .bind(from)
     .bind(to)

@@ -299,14 +299,28 @@ pub async fn incidents_stream_last(js: &jetstream::Context) -> u64 {
         .last_sequence
 }
 
-/// Waits until the consumers have handled everything in their streams.
+/// Waits until `evaluate`, `archive` and `record` have handled everything in their streams.
 pub async fn drained(js: &jetstream::Context, timeout: Duration) {
-    eventually("the consumers to drain", timeout, || async {
-        for (stream, consumer) in [
+    drained_consumers(
+        js,
+        &[
             ("METRICS", "evaluate"),
             ("METRICS", "archive"),
             ("INCIDENTS", "record"),
-        ] {
+        ],
+        timeout,
+    )
+    .await
+}
+
+/// Waits until each (stream, consumer) has handled everything in its stream.
+pub async fn drained_consumers(
+    js: &jetstream::Context,
+    consumers: &[(&str, &str)],
+    timeout: Duration,
+) {
+    eventually("the consumers to drain", timeout, || async {
+        for &(stream, consumer) in consumers {
             let stream = js.get_stream(stream).await.ok()?;
             let info = stream.consumer_info(consumer).await.ok()?;
             if info.num_pending > 0 || info.num_ack_pending > 0 {

@@ -21,7 +21,7 @@ use utoipa_axum::routes;
 use crate::auth::{Caller, Operator, Viewer};
 use crate::envelope::{self, Data, List};
 use crate::error::ApiError;
-use crate::extract::{query_error, JsonBody, Params};
+use crate::extract::{query_error, service_id_list, JsonBody, Params};
 use crate::openapi::PageQuery;
 use crate::publish::publish_samples;
 use crate::AppState;
@@ -338,27 +338,7 @@ pub async fn charts(
     let to: DateTime<Utc> = required(&mut params, "to")?;
     let bucket = params.take::<Bucket>("bucket")?.unwrap_or_default();
     params.finish()?;
-    let mut service_ids: Vec<String> = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    service_ids.sort_unstable();
-    service_ids.dedup();
-    if service_ids.is_empty() || service_ids.len() > MAX_CHART_SERVICES {
-        return Err(query_error(
-            "service_ids",
-            &format!(
-                "{} services; give 1 to {MAX_CHART_SERVICES}",
-                service_ids.len()
-            ),
-        ));
-    }
-    for id in &service_ids {
-        schemas::sample::validate_service_id(id)
-            .map_err(|reason| query_error("service_ids", &format!("{id:?}: {reason}")))?;
-    }
+    let service_ids = service_id_list(&raw, "service_ids", 1, MAX_CHART_SERVICES)?;
     if from >= to {
         return Err(query_error("to", "must be later than `from`"));
     }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::auth::{Caller, Viewer};
 use crate::error::ApiError;
-use crate::extract::{query_error, Params};
+use crate::extract::{service_id_list, Params};
 use crate::live::points::Points;
 use crate::live::{Hub, Live};
 use crate::AppState;
@@ -73,7 +73,8 @@ pub async fn stream(
     State(state): State<AppState>,
     mut params: Params,
 ) -> Result<Response, ApiError> {
-    let services = parse_services(params.take::<String>("services")?.as_deref())?;
+    let raw = params.take::<String>("services")?.unwrap_or_default();
+    let services = service_id_list(&raw, "services", 0, MAX_SERVICES)?;
     params.finish()?;
     let hub = state.live.clone();
     let permit = hub
@@ -117,32 +118,6 @@ pub async fn stream(
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     headers.insert("cache-control", HeaderValue::from_static("no-cache"));
     Ok(response)
-}
-
-fn parse_services(raw: Option<&str>) -> Result<Vec<String>, ApiError> {
-    let mut services: Vec<String> = raw
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    services.sort_unstable();
-    services.dedup();
-    if services.len() > MAX_SERVICES {
-        return Err(query_error(
-            "services",
-            &format!(
-                "{} services; at most {MAX_SERVICES} may be streamed at once",
-                services.len()
-            ),
-        ));
-    }
-    for service in &services {
-        schemas::sample::validate_service_id(service)
-            .map_err(|reason| query_error("services", &format!("{service:?}: {reason}")))?;
-    }
-    Ok(services)
 }
 
 /// Sends one browser its events until it goes away, its key is revoked or the process stops.
