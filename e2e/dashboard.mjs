@@ -253,6 +253,15 @@ async function main() {
     const marker = await page.evaluate(() => window.__marker);
     if (marker !== 1) throw new Error('the page reloaded or navigated while waiting for live updates');
     await shot('overview-violated.png');
+
+    // A rule change reaches the overview through the stream, without a reload.
+    const changed = Date.now();
+    await rest('PATCH', `/api/rules/${state.rule.id}`, { enabled: false });
+    await page.locator('#top-rules [data-rule-disabled]').waitFor();
+    console.log(`# the disabled rule showed on the overview ${Date.now() - changed} ms after the change`);
+    await rest('PATCH', `/api/rules/${state.rule.id}`, { enabled: true });
+    await page.locator('#top-rules [data-rule-disabled]').waitFor({ state: 'detached' });
+    if ((await page.evaluate(() => window.__marker)) !== 1) throw new Error('the page reloaded');
   });
 
   await step('open the incident, comment on it and start work', async () => {

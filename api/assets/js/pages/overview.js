@@ -322,6 +322,7 @@ function renderTopRules(view, topRules) {
         : html`<ul class="list">${topRules.map(
             (rule) => html`<li>
               <div class="list-row"><a class="grow" href="#/rules/${rule.rule_id}">${rule.name}</a>
+                ${rule.enabled ? '' : html`<span class="badge" data-rule-disabled>disabled</span>`}
                 <strong class="num">${rule.count}</strong></div>
               <div class="bar"><span style="width:${raw(Math.round((rule.count / most) * 100))}%"></span></div>
             </li>`,
