@@ -9,9 +9,9 @@
 //!    rules over every series), `archive` and `record` run. The rate is samples over the time
 //!    until every consumer has acked everything, incidents recorded included.
 //! 3. **Detection latency** at 25%, 50% and 80% of that rate: load is published at a steady
-//!    pace, and probe samples, each on a series of its own, open one incident each. Latency is
-//!    from a probe's event time, taken as it is published, to the insertion of its incident's
-//!    row, both on this machine's clock.
+//!    pace, and probe samples open one incident each, on 100 probe series registered before,
+//!    each cleared just before its next probe. Latency is from a probe's event time, taken as
+//!    it is published, to the insertion of its incident's row, both on this machine's clock.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -37,6 +37,8 @@ const PROBE_METRIC: &str = "PROBE_MS";
 /// How often the paced publisher sends a batch.
 const TICK: Duration = Duration::from_millis(10);
 const LEVELS: [u32; 3] = [25, 50, 80];
+/// Probe series; each carries a probe at most every `PROBE_SERIES / --probes-per-sec` s.
+const PROBE_SERIES: usize = 100;
 const THROUGHPUT_TARGET: f64 = 0.5;
 const LATENCY_TARGET_SECS: f64 = 0.1;
 
@@ -132,6 +134,12 @@ async fn measure(
             100.0 * tracely_per_sec / raw_per_sec
         );
         println!("3/3 detection latency at 25%, 50% and 80% of that rate");
+        // Registered now, as a service is once it has been seen, so that no level pays for it.
+        let probes: Vec<MetricSample> = (0..PROBE_SERIES)
+            .map(|k| probe(k, 0.0, Utc::now(), "register"))
+            .collect();
+        api::publish::publish_samples(&js, &probes).await?;
+        drained(&js).await?;
         let mut levels = Vec::new();
         for percent in LEVELS {
             let level = latency(&js, &pool, args, percent, tracely_per_sec).await?;
@@ -212,6 +220,18 @@ fn load(from: usize, to: usize, series: usize, run: &str) -> Vec<MetricSample> {
             }
         })
         .collect()
+}
+
+/// A sample of probe series `series`.
+fn probe(series: usize, value: f64, at: chrono::DateTime<Utc>, id: &str) -> MetricSample {
+    MetricSample {
+        service_id: format!("probe-{series:03}"),
+        metric_type: PROBE_METRIC.to_owned(),
+        value,
+        recorded_at: at,
+        id: Some(id.to_owned()),
+        labels: Default::default(),
+    }
 }
 
 fn message(sample: &MetricSample) -> PublishMessage {
@@ -333,7 +353,7 @@ async fn latency(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let (mut owed, mut sent, mut probes) = (0.0, 0usize, 0usize);
     let mut next_probe = started;
-    let probe_run = format!("{run}-probe");
+    let since = Utc::now();
     while Instant::now() < ends {
         ticker.tick().await;
         owed += per_tick;
@@ -342,14 +362,11 @@ async fn latency(
         let mut batch = load(sent, sent + count, args.series, &run);
         sent += count;
         while next_probe <= Instant::now() {
-            batch.push(MetricSample {
-                service_id: format!("probe-{percent}-{probes:06}"),
-                metric_type: PROBE_METRIC.to_owned(),
-                value: 1.0,
-                recorded_at: Utc::now(),
-                id: Some(format!("{probe_run}-{probes}")),
-                labels: Default::default(),
-            });
+            // Clears the series' previous probe incident, then opens the next.
+            let (series, now) = (probes % PROBE_SERIES, Utc::now());
+            let clear = now - chrono::TimeDelta::milliseconds(1);
+            batch.push(probe(series, 0.0, clear, &format!("{run}-clear-{probes}")));
+            batch.push(probe(series, 1.0, now, &format!("{run}-probe-{probes}")));
             probes += 1;
             next_probe += probe_every;
         }
@@ -363,9 +380,10 @@ async fn latency(
                 percentile_cont(0.99) WITHIN GROUP (ORDER BY latency),
                 percentile_cont(0.999) WITHIN GROUP (ORDER BY latency)
          FROM (SELECT extract(epoch FROM created_at - opened_at)::float8 AS latency
-               FROM incidents WHERE service_id LIKE $1) probes",
+               FROM incidents WHERE metric_type = $1 AND opened_at >= $2) probes",
     )
-    .bind(format!("probe-{percent}-%"))
+    .bind(PROBE_METRIC)
+    .bind(since)
     .fetch_one(pool)
     .await?;
     anyhow::ensure!(
