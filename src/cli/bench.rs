@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
 use async_nats::HeaderMap;
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use futures::StreamExt as _;
 use schemas::{headers, Aggregation, MetricSample, Operator, Severity, Span};
 use sqlx::PgPool;
@@ -353,7 +353,8 @@ async fn latency(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let (mut owed, mut sent, mut probes) = (0.0, 0usize, 0usize);
     let mut next_probe = started;
-    let since = Utc::now();
+    // Event times travel in whole milliseconds.
+    let since = Utc::now().trunc_subsecs(3);
     while Instant::now() < ends {
         ticker.tick().await;
         owed += per_tick;
