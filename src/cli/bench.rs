@@ -490,11 +490,9 @@ fn write_section(path: &Path, section: &str) -> anyhow::Result<()> {
     let block = format!("{BEGIN}\n{section}{END}\n");
     let updated = match (text.find(BEGIN), text.find(END)) {
         (Some(begin), Some(end)) if begin < end => {
-            format!(
-                "{}{block}{}",
-                &text[..begin],
-                &text[end + END.len()..].trim_start_matches('\n')
-            )
+            let rest = text[end + END.len()..].trim_start_matches('\n');
+            let gap = if rest.is_empty() { "" } else { "\n" };
+            format!("{}{block}{gap}{rest}", &text[..begin])
         }
         _ => format!("{}\n{block}", text.trim_end()),
     };
