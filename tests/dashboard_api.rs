@@ -30,6 +30,7 @@ impl Events {
             response.headers()["content-type"].to_str().unwrap(),
             "text/event-stream"
         );
+        assert_eq!(response.headers()["cache-control"], "no-cache");
         Events {
             response,
             buffer: String::new(),

@@ -113,10 +113,10 @@ pub async fn stream(
     let mut response = Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
         .into_response();
-    // Proxies must pass events on as they come.
-    let headers = response.headers_mut();
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    // Proxies must pass events on as they come; `Sse` already forbids caching.
+    response
+        .headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
 }
 
