@@ -48,8 +48,10 @@ async fn main() -> anyhow::Result<()> {
     consumers::topology::apply(&js, &version, &consumers::Topology::built_in()).await?;
     // The pipeline's own consumers would read along; the comparison is of readers alone.
     let stream = js.get_stream("METRICS").await?;
-    for name in ["evaluate", "archive"] {
-        stream.delete_consumer(name).await.ok();
+    for (name, spec) in consumers::Topology::built_in().durable_consumers() {
+        if spec.stream == "METRICS" {
+            stream.delete_consumer(&name).await.ok();
+        }
     }
 
     let (count, rounds) = scale();

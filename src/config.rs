@@ -168,7 +168,8 @@ pub enum DeadletterCommand {
 /// Which dead letters a command looks at; every given filter must match.
 #[derive(Debug, Clone, Default, Args)]
 pub struct DeadletterFilter {
-    /// Only those a consumer gave up on: evaluate, archive, record, notify, index, deliver.
+    /// Only those a consumer gave up on: evaluate (or one partition's, evaluate-3), archive,
+    /// record, notify, index, deliver.
     #[arg(long)]
     pub consumer: Option<String>,
     /// Only those from a stream: METRICS, INCIDENTS or DELIVERIES.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use async_nats::jetstream;
 use consumers::archive::Archiver;
-use consumers::evaluate::Evaluator;
+use consumers::evaluate::Evaluators;
 use consumers::index::Indexer;
 use consumers::notify::deliver::Deliverer;
 use consumers::notify::fanout::Notifier;
@@ -126,10 +126,10 @@ impl Application {
             let lateness = schemas::Span(
                 i64::try_from(settings.allowed_lateness.as_millis()).unwrap_or(i64::MAX),
             );
-            let evaluator = Evaluator::new(
+            let evaluator = Evaluators::new(
                 js.clone(),
                 pool.clone(),
-                &settings.topology,
+                settings.topology.clone(),
                 rules,
                 lateness,
             );
@@ -202,15 +202,15 @@ impl Application {
             nats.clone(),
             settings
                 .topology
-                .consumers
-                .iter()
+                .durable_consumers()
+                .into_iter()
                 // Without Meilisearch nobody reads `index`; its backlog waits by design.
                 .filter(|(name, _)| {
                     settings.meili.is_some() || name.as_str() != consumers::index::CONSUMER
                 })
                 .map(|(name, spec)| api::live::WatchedConsumer {
-                    stream: spec.stream.clone(),
-                    name: name.clone(),
+                    stream: spec.stream,
+                    name,
                 })
                 .collect(),
             stop.clone(),

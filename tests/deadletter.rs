@@ -76,6 +76,9 @@ async fn dead_letters_are_listed_shown_and_re_driven_to_their_consumer_only() {
         .await
         .unwrap();
     let poison_seq = ack.sequence;
+    // The stream stores it under its series' partition, read by that partition's consumer.
+    let evaluate = support::evaluate_consumer_of("web", "LATENCY_MS");
+    let stored = format!("metrics.web.LATENCY_MS.{}", &evaluate["evaluate-".len()..]);
     let found = eventually("two dead letters", PATIENCE, || async {
         let found = letters(&js).await;
         (found.len() == 2).then_some(found)
@@ -86,12 +89,9 @@ async fn dead_letters_are_listed_shown_and_re_driven_to_their_consumer_only() {
         .map(|(_, h, _)| header(h, "Tracely-Consumer"))
         .collect();
     consumers.sort_unstable();
-    assert_eq!(consumers, ["archive", "evaluate"]);
+    assert_eq!(consumers, ["archive", evaluate.as_str()]);
     for (_, headers, payload) in &found {
-        assert_eq!(
-            header(headers, "Tracely-Original-Subject"),
-            "metrics.web.LATENCY_MS"
-        );
+        assert_eq!(header(headers, "Tracely-Original-Subject"), stored);
         assert_eq!(header(headers, "Tracely-Original-Stream"), "METRICS");
         assert_eq!(
             header(headers, "Tracely-Original-Sequence"),
@@ -104,14 +104,14 @@ async fn dead_letters_are_listed_shown_and_re_driven_to_their_consumer_only() {
     }
     let evaluate_letter = found
         .iter()
-        .find(|(_, h, _)| header(h, "Tracely-Consumer") == "evaluate")
+        .find(|(_, h, _)| header(h, "Tracely-Consumer") == evaluate)
         .unwrap()
         .0;
 
     let (ok, list) = run(&stack, &["deadletter", "list"]).await;
     assert!(ok, "{list}");
     assert!(
-        list.contains("evaluate") && list.contains("archive") && list.contains("decode"),
+        list.contains(&evaluate) && list.contains("archive") && list.contains("decode"),
         "{list}"
     );
     assert!(list.contains(&format!("METRICS:{poison_seq}")), "{list}");
@@ -125,9 +125,8 @@ async fn dead_letters_are_listed_shown_and_re_driven_to_their_consumer_only() {
     .await;
     assert!(ok, "{shown}");
     assert!(
-        shown.contains(&format!(
-            "METRICS seq {poison_seq} on metrics.web.LATENCY_MS"
-        )) && shown.contains("evaluate (delivered 1 times)")
+        shown.contains(&format!("METRICS seq {poison_seq} on {stored}"))
+            && shown.contains(&format!("{evaluate} (delivered 1 times)"))
             && shown.contains("not a sample"),
         "{shown}"
     );
@@ -150,8 +149,8 @@ async fn dead_letters_are_listed_shown_and_re_driven_to_their_consumer_only() {
     assert!(ok && dry.contains("1 would be re-driven"), "{dry}");
     assert_eq!(letters(&js).await.len(), 2, "a dry run changes nothing");
 
-    // Re-driven while still poison: evaluate gives up on the copy again, and archive, which
-    // handled the original, acks it unread.
+    // Re-driven while still poison (`evaluate` names every partition's consumer): evaluate
+    // gives up on the copy again, and archive, which handled the original, acks it unread.
     let (ok, redriven) = run(&stack, &["deadletter", "replay", "--consumer", "evaluate"]).await;
     assert!(ok, "{redriven}");
     let again = eventually("evaluate's new dead letter", PATIENCE, || async {
@@ -161,7 +160,7 @@ async fn dead_letters_are_listed_shown_and_re_driven_to_their_consumer_only() {
             .find(|(_, h, _)| header(h, "Tracely-Redrive-Of") == evaluate_letter.to_string())
     })
     .await;
-    assert_eq!(header(&again.1, "Tracely-Consumer"), "evaluate");
+    assert_eq!(header(&again.1, "Tracely-Consumer"), evaluate);
     support::drained(&js, PATIENCE).await;
     let remaining = letters(&js).await;
     assert_eq!(
@@ -173,6 +172,9 @@ async fn dead_letters_are_listed_shown_and_re_driven_to_their_consumer_only() {
 
     // A message a consumer gave up on although it was sound (as after `max_deliver`), once the
     // cause is fixed: re-driven, evaluate opens the incident and archive does not store it.
+    // This letter is as written before METRICS was partitioned: the single `evaluate` consumer,
+    // the published subject. Its copy is stored in the series' partition, whose consumer takes
+    // it as its own.
     let at = Utc::now().trunc_subsecs(3).to_rfc3339();
     let good = sample("web", "LATENCY_MS", 900.0, &at);
     let mut headers = HeaderMap::new();

@@ -217,9 +217,14 @@ impl Case {
     async fn start_with(
         rules: Vec<NewRule>,
         samples: Vec<MetricSample>,
-        env: Vec<(String, String)>,
+        mut env: Vec<(String, String)>,
     ) -> Case {
         let stack = Stack::start().await;
+        if !env.iter().any(|(k, _)| k == "TRACELY_TOPOLOGY") {
+            let path = stack.path().join("topology.toml");
+            std::fs::write(&path, topology(&[])).unwrap();
+            env.push(("TRACELY_TOPOLOGY".to_owned(), path.display().to_string()));
+        }
         let pool = stack.pool().await;
         store::migrate(&pool).await.unwrap();
         let department = Uuid::new_v4();
@@ -404,18 +409,48 @@ async fn accepted(js: &jetstream::Context) -> Vec<MetricSample> {
 
 /// Waits until every durable consumer has handled everything in its stream.
 async fn drained(js: &jetstream::Context) {
-    support::drained_consumers(
-        js,
-        &[
-            ("METRICS", "evaluate"),
-            ("METRICS", "archive"),
-            ("INCIDENTS", "record"),
-            ("INCIDENTS", "notify"),
-            ("DELIVERIES", "deliver"),
-        ],
-        DRAIN,
+    let all = consumers::Topology::built_in().durable_consumers();
+    let names: Vec<(&str, &str)> = all
+        .iter()
+        .filter(|(name, _)| name != "index")
+        .map(|(name, spec)| (spec.stream.as_str(), name.as_str()))
+        .collect();
+    support::drained_consumers(js, &names, DRAIN).await
+}
+
+/// Lease time of the cases: a killed evaluator's partitions move within it.
+const LEASE_SECS: u64 = 3;
+
+/// The shipped topology with short leases and `edits` (text replacements) applied.
+fn topology(edits: &[(&str, &str)]) -> String {
+    let mut text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/topology.toml"),
     )
-    .await
+    .unwrap();
+    for (from, to) in [("ttl_secs = 10", format!("ttl_secs = {LEASE_SECS}").as_str())]
+        .into_iter()
+        .chain(edits.iter().copied())
+    {
+        assert!(text.contains(from), "the topology has no {from:?}");
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// Partition → the process id of the evaluator holding its lease.
+async fn lease_holders(js: &jetstream::Context) -> BTreeMap<u32, u32> {
+    let kv = js.get_key_value("tracely_evaluate_leases").await.unwrap();
+    let partitions = consumers::Topology::built_in().partitions();
+    let mut holders = BTreeMap::new();
+    for p in 0..partitions {
+        if let Ok(Some(owner)) = kv.get(format!("partition.{p}")).await {
+            // Owners are `<pid>-<random>`.
+            let owner = String::from_utf8(owner.to_vec()).unwrap();
+            let pid = owner.split('-').next().unwrap().parse().unwrap();
+            holders.insert(p, pid);
+        }
+    }
+    holders
 }
 
 async fn check(
@@ -658,11 +693,7 @@ mod injected_fault {
     async fn duplicate_publishes_inside_and_outside_the_dedup_window() {
         // A short duplicate window, so that publishing again "outside" it is quick.
         let dir = tempfile::tempdir().unwrap();
-        let topology = std::fs::read_to_string(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("nats/topology.toml"),
-        )
-        .unwrap()
-        .replace("duplicate_window_secs = 120", "duplicate_window_secs = 2");
+        let topology = topology(&[("duplicate_window_secs = 120", "duplicate_window_secs = 2")]);
         let path = dir.path().join("topology.toml");
         std::fs::write(&path, topology).unwrap();
         let env = vec![("TRACELY_TOPOLOGY".to_owned(), path.display().to_string())];
@@ -693,22 +724,73 @@ mod injected_fault {
         let mut case = Case::start(threshold_rules(), workload(50_000)).await;
         let engine_rules = consumers::rules::load(&case.pool).await.unwrap();
         case.publish();
-        for (percent, consumer) in [(30, "evaluate"), (60, "record")] {
-            case.published(percent).await;
-            let stream = if consumer == "evaluate" {
-                "METRICS"
-            } else {
-                "INCIDENTS"
-            };
-            case.js
-                .get_stream(stream)
-                .await
-                .unwrap()
-                .delete_consumer(consumer)
+        case.published(30).await;
+        // Every partition's evaluate consumer, then record.
+        let metrics = case.js.get_stream("METRICS").await.unwrap();
+        for p in 0..consumers::Topology::built_in().partitions() {
+            metrics
+                .delete_consumer(&format!("evaluate-{p}"))
                 .await
                 .unwrap();
         }
+        case.published(60).await;
+        case.js
+            .get_stream("INCIDENTS")
+            .await
+            .unwrap()
+            .delete_consumer("record")
+            .await
+            .unwrap();
         case.finish(engine_rules, 250).await;
+    }
+
+    /// Three evaluate processes share the partitions; one is SIGKILLed under load. Its
+    /// partitions move to the two others within the lease time, rebuilt from the stream, and
+    /// the incidents are exactly the pure engine's: nothing lost, nothing twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_evaluators_one_sigkilled_under_load() {
+        let mut case = Case::start(threshold_rules(), workload(60_000)).await;
+        let engine_rules = consumers::rules::load(&case.pool).await.unwrap();
+        let main = case.tracely.as_ref().unwrap().id().unwrap();
+        let mut doomed = case.spawn("evaluate");
+        let survivor = case.spawn("evaluate");
+        let (doomed_pid, survivor_pid) = (doomed.id().unwrap(), survivor.id().unwrap());
+        let partitions = consumers::Topology::built_in().partitions() as usize;
+        let js = case.js.clone();
+        eventually(
+            "the three evaluators to share the partitions",
+            Duration::from_secs(60),
+            || async {
+                let holders = lease_holders(&js).await;
+                let owners: std::collections::BTreeSet<u32> = holders.values().copied().collect();
+                (holders.len() == partitions && owners == [main, doomed_pid, survivor_pid].into())
+                    .then_some(())
+            },
+        )
+        .await;
+        case.publish();
+        case.published(40).await;
+        doomed.start_kill().unwrap();
+        doomed.wait().await.unwrap();
+        let killed_at = std::time::Instant::now();
+        eventually(
+            "the killed evaluator's partitions to move to the others",
+            Duration::from_secs(10 * LEASE_SECS),
+            || async {
+                let holders = lease_holders(&js).await;
+                (holders.len() == partitions && holders.values().all(|p| *p != doomed_pid))
+                    .then_some(())
+            },
+        )
+        .await;
+        eprintln!(
+            "the killed evaluator's partitions moved within {:?} (lease time {LEASE_SECS} s)",
+            killed_at.elapsed()
+        );
+        case.finish(engine_rules, 250).await;
+        let mut survivor = survivor;
+        survivor.start_kill().unwrap();
+        survivor.wait().await.unwrap();
     }
 
     /// Not a fault: the stateless roles in three processes at once, sharing their durable

@@ -140,10 +140,12 @@ async fn pipeline_health_is_exposed_as_valid_prometheus_metrics() {
     publish(&js, &burst).await;
 
     let pending = BURST as f64;
+    // Every sample of the burst is in S1's partition.
+    let evaluate = support::evaluate_consumer_of("S1", "LATENCY_MS");
     eventually("the backlog gauges to show the burst", WAIT, || async {
         let families = scrape(&api).await;
         let full = |c| lag(&families, c).is_some_and(|(p, _)| p == pending);
-        (full("evaluate") && full("archive")).then_some(())
+        (full(&evaluate) && full("archive")).then_some(())
     })
     .await;
     let before = scrape(&api).await;
@@ -164,7 +166,7 @@ async fn pipeline_health_is_exposed_as_valid_prometheus_metrics() {
     eventually("the backlog gauges to return to zero", WAIT, || async {
         let families = scrape(&api).await;
         let empty = |c| lag(&families, c) == Some((0.0, 0.0));
-        (empty("evaluate") && empty("archive") && empty("record")).then_some(())
+        (empty(&evaluate) && empty("archive") && empty("record")).then_some(())
     })
     .await;
     let incidents = api.incidents("").await;
@@ -195,7 +197,7 @@ async fn pipeline_health_is_exposed_as_valid_prometheus_metrics() {
         .expect("a 300 s bucket");
     assert!(slowest >= 1.0, "a fresh sample is detected within minutes");
 
-    for consumer in ["evaluate", "archive"] {
+    for consumer in [evaluate.as_str(), "archive"] {
         let processed = value(
             &after,
             "tracely_consumer_messages_processed_total",

@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use schemas::{Operator, Severity};
 use store::rules::NewRule;
-use support::{drained, eventually, publish, sample, App, Stack};
+use support::{drained, evaluate_consumer_of, eventually, publish, sample, App, Stack};
 use tracely::config::Role;
 
 async fn prepare(stack: &Stack) {
@@ -42,7 +42,7 @@ async fn samples_held_by_a_dead_evaluator_are_reread_in_order_at_once() {
         .get_stream("METRICS")
         .await
         .unwrap()
-        .get_consumer("evaluate")
+        .get_consumer(&evaluate_consumer_of("S1", "LATENCY_MS"))
         .await
         .unwrap();
     let held: Vec<_> = consumer
@@ -150,19 +150,20 @@ async fn incident_summary(app: &App) -> Vec<(String, i64, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_evaluator_stands_by_and_takes_over() {
+async fn a_second_evaluator_shares_the_partitions_and_takes_over() {
     let stack = Stack::start().await;
     prepare(&stack).await;
     let js = stack.js().await;
     let first = App::start(&stack).await;
-    let standby = App::start_with(stack.settings(&[Role::Evaluate])).await;
+    let second = App::start_with(stack.settings(&[Role::Evaluate])).await;
 
     publish(&js, &flapping(0, 30)).await;
     drained(&js, Duration::from_secs(15)).await;
     let before = incident_summary(&first).await;
     assert_eq!(before.len(), 10, "{before:?}");
 
-    // The first process goes away; the standby must continue exactly where it stopped.
+    // The first process goes away and hands its partitions over; the second must continue
+    // exactly where it stopped.
     first.stop().await;
     let api = App::start_with(stack.settings(&[Role::Record, Role::Archive, Role::Api])).await;
     publish(&js, &flapping(30, 30)).await;
@@ -170,7 +171,7 @@ async fn a_second_evaluator_stands_by_and_takes_over() {
     let after = incident_summary(&api).await;
     assert_eq!(after.len(), 20, "{after:?}");
     assert!(after.iter().all(|(_, count, _)| *count == 2), "{after:?}");
-    standby.stop().await;
+    second.stop().await;
     api.stop().await;
 }
 
@@ -183,10 +184,11 @@ async fn a_consumer_deleted_by_hand_is_recreated_after_what_was_applied() {
     publish(&js, &flapping(0, 30)).await;
     drained(&js, Duration::from_secs(15)).await;
 
+    let consumer = evaluate_consumer_of("S1", "LATENCY_MS");
     js.get_stream("METRICS")
         .await
         .unwrap()
-        .delete_consumer("evaluate")
+        .delete_consumer(&consumer)
         .await
         .unwrap();
     publish(&js, &flapping(30, 30)).await;
@@ -197,7 +199,7 @@ async fn a_consumer_deleted_by_hand_is_recreated_after_what_was_applied() {
             js.get_stream("METRICS")
                 .await
                 .ok()?
-                .consumer_info("evaluate")
+                .consumer_info(&consumer)
                 .await
                 .ok()
                 .map(|_| ())

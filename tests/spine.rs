@@ -227,44 +227,75 @@ async fn poison_messages_are_dead_lettered_and_later_samples_still_count() {
     assert_eq!(incidents.len(), 1);
     assert_eq!(incidents[0]["value"], 180.0);
 
-    // Both consumers of METRICS decode with the same rules, so each dead-letters all four.
+    // Both consumers of METRICS decode with the same rules. Archive reads every subject and
+    // dead-letters all four; evaluate reads the stored form `metrics.<service>.<metric>.<n>`,
+    // which a subject without a metric type never takes, so it dead-letters three, each from
+    // the partition of its subject.
     let dlq = js.get_stream("DEADLETTER").await.unwrap();
-    for reader in ["evaluate", "archive"] {
-        let consumer = dlq
-            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
-                filter_subject: schemas::subject::deadletter_subject("METRICS", reader),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let mut messages = consumer.messages().await.unwrap().take(4);
-        let mut seen = Vec::new();
-        while let Some(msg) = messages.next().await {
-            let msg = msg.unwrap();
-            let h = msg.headers.clone().unwrap();
-            let get = |name: &str| {
-                h.get(name)
-                    .map(|v| v.as_str().to_owned())
-                    .unwrap_or_default()
-            };
-            assert_eq!(get("Tracely-Consumer"), reader);
-            assert!(!get("Tracely-Reason").is_empty());
-            assert!(get("Tracely-Original-Sequence").parse::<u64>().is_ok());
-            seen.push((
-                get("Tracely-Original-Subject"),
-                get("Tracely-Reason-Kind"),
-                get("Tracely-Reason"),
-            ));
-        }
-        assert_eq!(seen.len(), 4, "{reader}: {seen:?}");
-        assert_eq!(seen[0].1, "decode");
-        assert_eq!(seen[1].1, "invalid");
-        assert!(seen[1].2.contains("value"), "{:?}", seen[1]);
+    let consumer = dlq
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: "deadletter.METRICS.*".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut letters = Vec::new();
+    let mut messages = consumer.messages().await.unwrap().take(7);
+    while let Some(msg) = messages.next().await {
+        let msg = msg.unwrap();
+        let h = msg.headers.clone().unwrap();
+        let get = |name: &str| {
+            h.get(name)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        };
+        assert!(!get("Tracely-Reason").is_empty());
         assert_eq!(
-            (seen[2].0.as_str(), seen[2].1.as_str()),
-            ("metrics.S1", "subject")
+            msg.subject.as_str(),
+            schemas::subject::deadletter_subject("METRICS", &get("Tracely-Consumer"))
         );
-        assert_eq!(seen[3].1, "subject_mismatch");
+        letters.push((
+            get("Tracely-Consumer"),
+            get("Tracely-Original-Sequence").parse::<u64>().unwrap(),
+            get("Tracely-Original-Subject"),
+            get("Tracely-Reason-Kind"),
+            get("Tracely-Reason"),
+        ));
+    }
+    letters.sort_by_key(|l| l.1);
+    let by = |reader: &str| -> Vec<_> {
+        letters
+            .iter()
+            .filter(|l| l.0 == reader || (reader == "evaluate" && l.0.starts_with("evaluate-")))
+            .cloned()
+            .collect()
+    };
+    let archive = by("archive");
+    assert_eq!(archive.len(), 4, "{letters:?}");
+    assert_eq!(archive[0].3, "decode");
+    assert_eq!(archive[1].3, "invalid");
+    assert!(archive[1].4.contains("value"), "{:?}", archive[1]);
+    assert_eq!(
+        (archive[2].2.as_str(), archive[2].3.as_str()),
+        ("metrics.S1", "subject")
+    );
+    assert_eq!(archive[3].3, "subject_mismatch");
+    let evaluate = by("evaluate");
+    let kinds: Vec<&str> = evaluate.iter().map(|l| l.3.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["decode", "invalid", "subject_mismatch"],
+        "{letters:?}"
+    );
+    let partition_of = |subject: &str| {
+        let (service, metric, _) = schemas::subject::parse_stored_metrics_subject(subject).unwrap();
+        support::evaluate_consumer_of(service, metric)
+    };
+    for letter in &evaluate {
+        assert_eq!(letter.0, partition_of(&letter.2), "{letter:?}");
+        assert!(letter
+            .2
+            .ends_with(&format!(".{}", &letter.0["evaluate-".len()..])));
     }
     let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM metric_samples")
         .fetch_one(&app.pool)

@@ -253,7 +253,7 @@ async fn skip_redrives_for_others(
             .and_then(|h| h.get(schemas::headers::REDRIVE_FOR))
             .map(|v| v.as_str().to_owned());
         match target {
-            Some(target) if target != name => {
+            Some(target) if !redrive_is_for(&target, name) => {
                 if let Err(e) = msg.ack().await {
                     tracing::debug!(consumer = name, error = %e, "could not ack another consumer's re-driven message");
                 }
@@ -262,6 +262,13 @@ async fn skip_redrives_for_others(
         }
     }
     mine
+}
+
+/// Whether a copy re-driven for `target` is for consumer `name`. Letters written before METRICS
+/// was partitioned name the single `evaluate`, which every partition's consumer answers to: the
+/// copy is stored in one partition only.
+fn redrive_is_for(target: &str, name: &str) -> bool {
+    target == name || (target == topology::EVALUATE && topology::evaluate_partition(name).is_some())
 }
 
 async fn pull_stream(
@@ -431,5 +438,20 @@ pub async fn settle(
     };
     if let Err(e) = result {
         tracing::debug!(consumer, error = %e, "ack failed; the message will be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redrive_is_for;
+
+    #[test]
+    fn a_redrive_is_for_its_consumer_or_any_partition_of_evaluate() {
+        assert!(redrive_is_for("archive", "archive"));
+        assert!(!redrive_is_for("archive", "evaluate-3"));
+        assert!(redrive_is_for("evaluate-3", "evaluate-3"));
+        assert!(!redrive_is_for("evaluate-3", "evaluate-4"));
+        assert!(redrive_is_for("evaluate", "evaluate-4"));
+        assert!(!redrive_is_for("evaluate", "archive"));
     }
 }

@@ -36,13 +36,13 @@ pub async fn run_until_stopped(
 
 /// Reads every consumer's info and the pool's state once.
 pub async fn refresh(js: &jetstream::Context, pool: &PgPool, topology: &Topology) {
-    for (name, spec) in &topology.consumers {
+    for (name, spec) in topology.durable_consumers() {
         let info = match js.get_stream(&spec.stream).await {
-            Ok(stream) => stream.consumer_info(name).await.map_err(|e| e.to_string()),
+            Ok(stream) => stream.consumer_info(&name).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
         match info {
-            Ok(info) => telemetry::consumer_lag(name, info.num_pending, info.num_ack_pending),
+            Ok(info) => telemetry::consumer_lag(&name, info.num_pending, info.num_ack_pending),
             Err(e) => tracing::debug!(consumer = %name, error = %e, "cannot read consumer info"),
         }
     }

@@ -107,6 +107,11 @@ pub fn consumer_lag(consumer: &str, pending: u64, ack_pending: usize) {
     gauge!("tracely_consumer_ack_pending_messages", "consumer" => consumer).set(ack_pending as f64);
 }
 
+/// How many partitions of METRICS this process evaluates.
+pub fn partitions_owned(count: usize) {
+    gauge!("tracely_evaluate_partitions_owned").set(count as f64);
+}
+
 /// The Postgres pool: connections open, of those idle, and the most it may open.
 pub fn db_pool(size: u32, idle: usize, max: u32) {
     gauge!("tracely_db_pool_connections").set(f64::from(size));

@@ -1,12 +1,13 @@
 //! The declarative JetStream topology (`nats/topology.toml`): streams and durable consumers,
 //! applied idempotently at start-up. Missing pieces are created and changed settings updated
-//! in place; nothing is ever deleted.
+//! in place. Nothing is deleted, except the single `evaluate` consumer of a stream created before
+//! METRICS was partitioned, once it has nothing left to evaluate.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::pull, stream};
+use async_nats::jetstream::{self, consumer::pull, kv, stream};
 use serde::Deserialize;
 
 /// The topology shipped with this build; used when no file is configured.
@@ -19,12 +20,39 @@ pub const METRICS: &str = schemas::subject::METRICS_STREAM;
 pub const INCIDENTS: &str = schemas::subject::INCIDENTS_STREAM;
 pub const DEADLETTER: &str = "DEADLETTER";
 pub const DELIVERIES: &str = "DELIVERIES";
+/// The KV bucket holding the evaluators' partition leases.
+pub const LEASES_BUCKET: &str = "tracely_evaluate_leases";
+/// The consumer spec that each partition's evaluate consumer is made from.
+pub const EVALUATE: &str = "evaluate";
+/// The most partitions METRICS may be split into.
+pub const MAX_PARTITIONS: u32 = 1024;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     pub streams: BTreeMap<String, StreamSpec>,
     pub consumers: BTreeMap<String, ConsumerSpec>,
+    #[serde(default)]
+    pub evaluate_leases: LeaseSpec,
+}
+
+/// The KV bucket of partition leases: a lease not renewed within `ttl_secs` expires, and the
+/// partition passes to another evaluator.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseSpec {
+    pub ttl_secs: u64,
+    #[serde(default = "one")]
+    pub replicas: usize,
+}
+
+impl Default for LeaseSpec {
+    fn default() -> LeaseSpec {
+        LeaseSpec {
+            ttl_secs: 10,
+            replicas: 1,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -40,6 +68,10 @@ pub struct StreamSpec {
     pub duplicate_window_secs: u64,
     #[serde(default = "one")]
     pub replicas: usize,
+    /// METRICS only: how many partitions the series are split into, so that several
+    /// evaluators can share them. Fixed once the stream exists.
+    #[serde(default)]
+    pub partitions: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -86,6 +118,8 @@ pub enum TopologyError {
     Stream { name: String, message: String },
     #[error("applying consumer {name}: {message}")]
     Consumer { name: String, message: String },
+    #[error("creating the lease bucket {LEASES_BUCKET}: {0}")]
+    Leases(String),
 }
 
 impl Topology {
@@ -119,7 +153,27 @@ impl Topology {
                 return invalid(format!("consumer {required} is missing"));
             }
         }
+        match self.streams[METRICS].partitions {
+            Some(1..=MAX_PARTITIONS) => {}
+            Some(_) => {
+                return invalid(format!(
+                    "stream {METRICS}: partitions must be between 1 and {MAX_PARTITIONS}"
+                ))
+            }
+            None => return invalid(format!("stream {METRICS}: partitions must be set")),
+        }
+        if self.evaluate_leases.ttl_secs < 2 {
+            return invalid("evaluate_leases: ttl_secs must be at least 2".to_owned());
+        }
+        if !self.consumers[EVALUATE].filter_subjects.is_empty() {
+            return invalid(format!(
+                "consumer {EVALUATE}: filter_subjects are set per partition and cannot be given"
+            ));
+        }
         for (name, s) in &self.streams {
+            if name != METRICS && s.partitions.is_some() {
+                return invalid(format!("stream {name}: only {METRICS} is partitioned"));
+            }
             if s.subjects.is_empty() {
                 return invalid(format!("stream {name}: subjects must not be empty"));
             }
@@ -167,6 +221,48 @@ impl Topology {
     pub fn consumer(&self, name: &str) -> &ConsumerSpec {
         &self.consumers[name]
     }
+
+    /// How many partitions METRICS is split into.
+    pub fn partitions(&self) -> u32 {
+        self.streams[METRICS].partitions.unwrap_or(1)
+    }
+
+    /// Every durable consumer by name, with the `evaluate` spec made into one consumer per
+    /// partition.
+    pub fn durable_consumers(&self) -> Vec<(String, ConsumerSpec)> {
+        let mut all = Vec::with_capacity(self.consumers.len() + self.partitions() as usize);
+        for (name, spec) in &self.consumers {
+            if name == EVALUATE {
+                all.extend(
+                    (0..self.partitions()).map(|p| (evaluate_consumer(p), self.evaluate_spec(p))),
+                );
+            } else {
+                all.push((name.clone(), spec.clone()));
+            }
+        }
+        all
+    }
+
+    /// The spec of partition `partition`'s evaluate consumer.
+    pub fn evaluate_spec(&self, partition: u32) -> ConsumerSpec {
+        let mut spec = self.consumers[EVALUATE].clone();
+        spec.filter_subjects = vec![schemas::subject::metrics_partition_filter(partition)];
+        spec
+    }
+}
+
+/// The name of partition `partition`'s evaluate consumer: `evaluate-<partition>`.
+pub fn evaluate_consumer(partition: u32) -> String {
+    format!("{EVALUATE}-{partition}")
+}
+
+/// The partition an evaluate consumer's name stands for.
+pub fn evaluate_partition(consumer: &str) -> Option<u32> {
+    consumer
+        .strip_prefix(EVALUATE)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
 }
 
 impl StreamSpec {
@@ -183,6 +279,13 @@ impl StreamSpec {
             max_age: Duration::from_secs(self.max_age_secs),
             duplicate_window: Duration::from_secs(self.duplicate_window_secs),
             num_replicas: self.replicas,
+            subject_transform: self.partitions.map(|p| {
+                let (source, destination) = schemas::subject::metrics_partition_transform(p);
+                stream::SubjectTransform {
+                    source,
+                    destination,
+                }
+            }),
             ..Default::default()
         }
     }
@@ -240,10 +343,40 @@ pub async fn apply(
     for (name, spec) in &topology.streams {
         apply_stream(js, name, spec).await?;
     }
-    for (name, spec) in &topology.consumers {
-        ensure_consumer(js, name, spec).await?;
+    for (name, spec) in topology.durable_consumers() {
+        ensure_consumer(js, &name, &spec).await?;
     }
+    ensure_leases_bucket(js, &topology.evaluate_leases).await?;
     Ok(())
+}
+
+/// Creates the lease bucket, or updates its TTL and replicas if they changed.
+pub async fn ensure_leases_bucket(
+    js: &jetstream::Context,
+    spec: &LeaseSpec,
+) -> Result<kv::Store, TopologyError> {
+    let err = |e: &dyn std::fmt::Display| TopologyError::Leases(e.to_string());
+    let config = kv::Config {
+        bucket: LEASES_BUCKET.to_owned(),
+        description: "Which evaluator owns each METRICS partition".to_owned(),
+        history: 1,
+        max_age: Duration::from_secs(spec.ttl_secs),
+        storage: stream::StorageType::File,
+        num_replicas: spec.replicas,
+        ..Default::default()
+    };
+    match js.get_key_value(LEASES_BUCKET).await {
+        Ok(store) => {
+            let current = store.status().await.map_err(|e| err(&e))?;
+            let info = current.info.config;
+            if info.max_age != config.max_age || info.num_replicas != config.num_replicas {
+                tracing::info!(bucket = LEASES_BUCKET, "updated lease bucket settings");
+                return js.update_key_value(config).await.map_err(|e| err(&e));
+            }
+            Ok(store)
+        }
+        Err(_) => js.create_key_value(config).await.map_err(|e| err(&e)),
+    }
 }
 
 async fn apply_stream(
@@ -259,6 +392,9 @@ async fn apply_stream(
     match js.get_stream(name).await {
         Ok(mut stream) => {
             let current = stream.info().await.map_err(|e| err(&e))?.config.clone();
+            if current.subject_transform != desired.subject_transform {
+                partition_existing(&stream, &current, &desired).await?;
+            }
             if stream_differs(&current, &desired) {
                 js.update_stream(desired).await.map_err(|e| err(&e))?;
                 tracing::info!(stream = name, "updated stream settings");
@@ -281,8 +417,54 @@ async fn apply_stream(
     Ok(())
 }
 
+/// Checks that METRICS may take its partitioning: a stream created before partitions existed may
+/// once its single `evaluate` consumer has evaluated everything, which is then removed; a
+/// partitioned stream never changes its partition count, since that would move series between
+/// evaluators in the middle of their episodes.
+async fn partition_existing(
+    stream: &jetstream::stream::Stream,
+    current: &stream::Config,
+    desired: &stream::Config,
+) -> Result<(), TopologyError> {
+    let err = |message: String| TopologyError::Stream {
+        name: current.name.clone(),
+        message,
+    };
+    let dest = |c: &stream::Config| {
+        c.subject_transform
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |t| t.destination.clone())
+    };
+    if current.subject_transform.is_some() {
+        return Err(err(format!(
+            "its partitioning is {} and cannot change to {}; keep `partitions` as the stream was \
+             created, or create a new stream",
+            dest(current),
+            dest(desired)
+        )));
+    }
+    if let Ok(legacy) = stream.consumer_info(EVALUATE).await {
+        let left = legacy.num_pending + legacy.num_ack_pending as u64;
+        if left > 0 {
+            return Err(err(format!(
+                "the unpartitioned consumer {EVALUATE} still has {left} samples to evaluate; \
+                 let the previous version catch up before upgrading"
+            )));
+        }
+        stream
+            .delete_consumer(EVALUATE)
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        tracing::info!(
+            "removed the unpartitioned {EVALUATE} consumer; its partitions take over from here"
+        );
+    }
+    Ok(())
+}
+
 fn stream_differs(current: &stream::Config, desired: &stream::Config) -> bool {
-    current.subjects != desired.subjects
+    current.subject_transform != desired.subject_transform
+        || current.subjects != desired.subjects
         || current.max_age != desired.max_age
         || current.duplicate_window != desired.duplicate_window
         || current.num_replicas != desired.num_replicas
@@ -379,11 +561,39 @@ mod tests {
             ]
         );
         assert!(t.consumer("evaluate").filter_subjects.is_empty());
+        assert_eq!(
+            t.evaluate_spec(3).filter_subjects,
+            ["metrics.*.*.3"],
+            "each partition's consumer reads only its stored subjects"
+        );
         let text = BUILT_IN.replace("\"incidents.*.opened\"", "\"incidents..opened\"");
         assert!(matches!(
             Topology::parse(&text),
             Err(TopologyError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn evaluate_is_one_consumer_per_partition() {
+        let t = Topology::built_in();
+        let names: Vec<String> = t.durable_consumers().into_iter().map(|(n, _)| n).collect();
+        let evaluators = names.iter().filter(|n| n.starts_with("evaluate-")).count();
+        assert_eq!(evaluators, t.partitions() as usize);
+        assert!(!names.contains(&"evaluate".to_owned()));
+        assert_eq!(evaluate_partition(&evaluate_consumer(7)), Some(7));
+        assert_eq!(evaluate_partition("evaluate"), None);
+        for bad in ["partitions = 0", "partitions = 2000"] {
+            let err = Topology::parse(&BUILT_IN.replace("partitions = 8", bad)).unwrap_err();
+            assert!(
+                err.to_string().contains("between 1 and 1024"),
+                "{bad}: {err}"
+            );
+        }
+        let unset = BUILT_IN.replace("partitions = 8", "");
+        assert!(Topology::parse(&unset)
+            .unwrap_err()
+            .to_string()
+            .contains("partitions must be set"));
     }
 
     #[test]

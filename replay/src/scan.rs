@@ -41,9 +41,12 @@ pub type Scanned = (Position, Result<MetricSample, MessageError>);
 /// stream order and in batches, until the plan's end. Reading and decoding run here while the
 /// receiver evaluates, so the two overlap; a receiver that goes away stops the scan.
 ///
-/// One filter is applied by the server. Several are matched here instead, on an unfiltered
-/// read: a consumer with several filters makes the server search every filter for each next
-/// message, which on a stream of many subjects is orders of magnitude slower than reading all.
+/// Filters are in the published form (`metrics.<service>.<metric>`, wildcards allowed); they
+/// match the stored form with its partition too. One filter is applied by the server. Several
+/// are matched here instead, on an unfiltered read: a consumer with several filters makes the
+/// server search every filter for each next message, which on a stream of many subjects is
+/// orders of magnitude slower than reading all. So is one filter on a stream still holding
+/// samples stored before it was partitioned.
 pub async fn scan(
     js: &jetstream::Context,
     stream_name: &str,
@@ -68,12 +71,17 @@ pub async fn scan(
         .get_stream(stream_name)
         .await
         .context("looking up METRICS")?;
+    let unpartitioned = stream
+        .get_last_raw_message_by_subject(&format!("{}.*.*", schemas::subject::METRICS_PREFIX))
+        .await
+        .is_ok();
+    let server_filter = match filters {
+        [one] if !unpartitioned => Some(format!("{one}.*")),
+        _ => None,
+    };
     let mut consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subject: match filters {
-                [one] => one.clone(),
-                _ => String::new(),
-            },
+            filter_subject: server_filter.clone().unwrap_or_default(),
             deliver_policy,
             ..Default::default()
         })
@@ -124,7 +132,8 @@ pub async fn scan(
             .as_ref()
             .is_some_and(|h| h.get(schemas::headers::REDRIVE_FOR).is_some());
         if redriven
-            || (filters.len() > 1 && !filters.iter().any(|f| subject_matches(f, &msg.subject)))
+            || (server_filter.is_none()
+                && !filters.iter().any(|f| subject_matches(f, &msg.subject)))
         {
             if at_end {
                 break Ended::Complete;
@@ -154,9 +163,14 @@ pub async fn scan(
     Ok(ended)
 }
 
-/// Whether `subject` matches `filter`, whose `*` tokens match any one token.
+/// Whether `subject`, published or stored, matches `filter`, whose `*` tokens match any one
+/// token.
 fn subject_matches(filter: &str, subject: &str) -> bool {
-    let mut tokens = subject.split('.');
+    let published = match schemas::subject::parse_stored_metrics_subject(subject) {
+        Ok((_, _, Some(_))) => subject.rsplit_once('.').map_or(subject, |(s, _)| s),
+        _ => subject,
+    };
+    let mut tokens = published.split('.');
     filter
         .split('.')
         .all(|f| tokens.next().is_some_and(|t| f == "*" || f == t))
@@ -188,6 +202,14 @@ mod tests {
         assert!(!subject_matches(
             "metrics.*.LATENCY_MS",
             "metrics.LATENCY_MS"
+        ));
+        assert!(subject_matches(
+            "metrics.*.LATENCY_MS",
+            "metrics.S1.LATENCY_MS.5"
+        ));
+        assert!(!subject_matches(
+            "metrics.S2.LATENCY_MS",
+            "metrics.S1.LATENCY_MS.5"
         ));
     }
 }

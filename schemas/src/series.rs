@@ -32,6 +32,13 @@ pub fn series_key(
     key
 }
 
+/// The (service id, metric type) a series key was built from.
+pub fn series_parts(key: &str) -> Option<(&str, &str)> {
+    let (service_id, rest) = key.split_once(':')?;
+    let metric_type = rest.split_once('{').map_or(rest, |(m, _)| m);
+    Some((service_id, metric_type))
+}
+
 /// Label names are `[A-Za-z_][A-Za-z0-9_]{0,63}`.
 pub fn validate_label_name(name: &str) -> Result<(), String> {
     let mut bytes = name.bytes();
@@ -48,6 +55,16 @@ pub fn validate_label_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_split_back_into_service_and_metric() {
+        let labels = BTreeMap::from([("host".to_owned(), "a:b{".to_owned())]);
+        for l in [BTreeMap::new(), labels] {
+            let key = series_key("S-1", "LATENCY_MS", &l);
+            assert_eq!(series_parts(&key), Some(("S-1", "LATENCY_MS")));
+        }
+        assert_eq!(series_parts("nokey"), None);
+    }
 
     #[test]
     fn key_is_canonical_and_escaped() {

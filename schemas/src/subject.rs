@@ -1,6 +1,10 @@
 //! Subject building and parsing: `metrics.<service_id>.<metric_type>` for samples,
 //! `incidents.<service_id>.<kind>` for incident transitions, `deadletter.<stream>.<consumer>`
 //! for poison messages.
+//!
+//! Publishers use `metrics.<service_id>.<metric_type>`. The METRICS stream stores each sample
+//! as `metrics.<service_id>.<metric_type>.<partition>` (a subject transform), which is how
+//! several evaluators split the series between them: see [`partition_of`].
 
 use crate::sample::{validate_metric_type, validate_service_id};
 
@@ -28,13 +32,34 @@ pub fn metrics_subject(service_id: &str, metric_type: &str) -> String {
     format!("{METRICS_PREFIX}.{service_id}.{metric_type}")
 }
 
-/// Splits a metrics subject into (service_id, metric_type), validating both tokens.
+/// Splits a metrics subject into (service_id, metric_type), validating both tokens. The
+/// stored form with a trailing partition number is accepted too.
 pub fn parse_metrics_subject(subject: &str) -> Result<(&str, &str), SubjectError> {
+    parse_stored_metrics_subject(subject).map(|(s, m, _)| (s, m))
+}
+
+/// Splits a metrics subject into (service_id, metric_type, partition), the partition being
+/// there only in the stored form.
+pub fn parse_stored_metrics_subject(
+    subject: &str,
+) -> Result<(&str, &str, Option<u32>), SubjectError> {
     let mut parts = subject.split('.');
-    let (Some(METRICS_PREFIX), Some(service_id), Some(metric_type), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(METRICS_PREFIX), Some(service_id), Some(metric_type)) =
+        (parts.next(), parts.next(), parts.next())
     else {
         return Err(SubjectError::Shape(subject.to_owned()));
+    };
+    let partition = match (parts.next(), parts.next()) {
+        (None, _) => None,
+        (Some(p), None)
+            if !p.is_empty() && p.len() <= 4 && p.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Some(
+                p.parse()
+                    .map_err(|_| SubjectError::Shape(subject.to_owned()))?,
+            )
+        }
+        _ => return Err(SubjectError::Shape(subject.to_owned())),
     };
     validate_service_id(service_id).map_err(|reason| SubjectError::ServiceId {
         subject: subject.to_owned(),
@@ -44,7 +69,39 @@ pub fn parse_metrics_subject(subject: &str) -> Result<(&str, &str), SubjectError
         subject: subject.to_owned(),
         reason,
     })?;
-    Ok((service_id, metric_type))
+    Ok((service_id, metric_type, partition))
+}
+
+/// The partition of a series among `partitions`, exactly as nats-server's `partition()`
+/// transform computes it: FNV-1a (32 bit) over the service id and metric type, concatenated,
+/// modulo the count. A series is always in one partition, whatever its labels.
+pub fn partition_of(service_id: &str, metric_type: &str, partitions: u32) -> u32 {
+    fnv1a(&[service_id, metric_type]) % partitions.max(1)
+}
+
+/// 32-bit FNV-1a over `parts`, concatenated: stable across processes, versions and platforms.
+pub fn fnv1a(parts: &[&str]) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in parts.iter().flat_map(|p| p.bytes()) {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+/// The METRICS stream's subject transform, as (source, destination).
+pub fn metrics_partition_transform(partitions: u32) -> (String, String) {
+    (
+        format!("{METRICS_PREFIX}.*.*"),
+        format!(
+            "{METRICS_PREFIX}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}.{{{{partition({partitions},1,2)}}}}"
+        ),
+    )
+}
+
+/// The stored subjects of one partition.
+pub fn metrics_partition_filter(partition: u32) -> String {
+    format!("{METRICS_PREFIX}.*.*.{partition}")
 }
 
 pub fn incidents_subject(service_id: &str, kind: &str) -> String {
@@ -76,6 +133,14 @@ mod tests {
             Err(SubjectError::Shape(_))
         ));
         assert!(matches!(
+            parse_metrics_subject("metrics.S1.LATENCY_MS.3.4"),
+            Err(SubjectError::Shape(_))
+        ));
+        assert!(matches!(
+            parse_metrics_subject("metrics.S1.LATENCY_MS."),
+            Err(SubjectError::Shape(_))
+        ));
+        assert!(matches!(
             parse_metrics_subject("other.S1.X"),
             Err(SubjectError::Shape(_))
         ));
@@ -87,6 +152,35 @@ mod tests {
             parse_metrics_subject("metrics.S$1.X"),
             Err(SubjectError::ServiceId { .. })
         ));
+    }
+
+    #[test]
+    fn stored_subjects_carry_their_partition() {
+        assert_eq!(
+            parse_stored_metrics_subject("metrics.S1.LATENCY_MS.7").unwrap(),
+            ("S1", "LATENCY_MS", Some(7))
+        );
+        assert_eq!(
+            parse_stored_metrics_subject("metrics.S1.LATENCY_MS").unwrap(),
+            ("S1", "LATENCY_MS", None)
+        );
+        let (src, dest) = metrics_partition_transform(8);
+        assert_eq!(src, "metrics.*.*");
+        assert_eq!(
+            dest,
+            "metrics.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(8,1,2)}}"
+        );
+        assert_eq!(metrics_partition_filter(3), "metrics.*.*.3");
+    }
+
+    #[test]
+    fn partitions_follow_fnv1a_of_the_series_tokens() {
+        // FNV-1a 32 of "" is its offset basis, of "a" 0xe40c292c.
+        assert_eq!(partition_of("", "", u32::MAX), 0x811c_9dc5);
+        assert_eq!(partition_of("a", "", u32::MAX), 0xe40c_292c);
+        assert_eq!(partition_of("", "a", u32::MAX), 0xe40c_292c);
+        assert!((0..500).all(|i| partition_of(&format!("S{i}"), "X", 8) < 8));
+        assert_eq!(partition_of("S1", "X", 1), 0);
     }
 
     proptest! {

@@ -315,12 +315,16 @@ async fn drained(js: &jetstream::Context) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let mut idle = true;
-        for (stream, consumer) in [
-            ("METRICS", "evaluate"),
-            ("METRICS", "archive"),
-            ("INCIDENTS", "record"),
-        ] {
-            let info = js.get_stream(stream).await?.consumer_info(consumer).await?;
+        for (consumer, spec) in consumers::Topology::built_in().durable_consumers() {
+            if !(consumer.starts_with("evaluate-") || consumer == "archive" || consumer == "record")
+            {
+                continue;
+            }
+            let info = js
+                .get_stream(&spec.stream)
+                .await?
+                .consumer_info(&consumer)
+                .await?;
             idle &= info.num_pending == 0 && info.num_ack_pending == 0;
         }
         if idle {

@@ -165,9 +165,13 @@ impl Letter {
     fn matches(&self, filter: &DeadletterFilter) -> bool {
         let is =
             |wanted: &Option<String>, value: &str| wanted.as_deref().is_none_or(|w| w == value);
-        is(&filter.consumer, &self.consumer)
-            && is(&filter.stream, &self.stream)
-            && is(&filter.kind, &self.kind)
+        // `evaluate` stands for every partition's consumer, `evaluate-3` for one.
+        let consumer = filter.consumer.as_deref().is_none_or(|w| {
+            w == self.consumer
+                || (w == consumers::topology::EVALUATE
+                    && consumers::topology::evaluate_partition(&self.consumer).is_some())
+        });
+        consumer && is(&filter.stream, &self.stream) && is(&filter.kind, &self.kind)
     }
 }
 

@@ -59,7 +59,7 @@ impl Stack {
             database_url: self.database_url.clone(),
             roles: roles.to_vec(),
             http_addr: "127.0.0.1:0".parse().unwrap(),
-            topology: consumers::Topology::built_in(),
+            topology: test_topology(),
             db_max_connections: 5,
             shutdown_timeout: Duration::from_secs(10),
             allowed_lateness: Duration::from_secs(30),
@@ -299,18 +299,36 @@ pub async fn incidents_stream_last(js: &jetstream::Context) -> u64 {
         .last_sequence
 }
 
-/// Waits until `evaluate`, `archive` and `record` have handled everything in their streams.
+/// The built-in topology with short partition leases, so that evaluation starts within a
+/// second and a dead evaluator's partitions move within seconds.
+pub fn test_topology() -> consumers::Topology {
+    let mut topology = consumers::Topology::built_in();
+    topology.evaluate_leases.ttl_secs = 4;
+    topology
+}
+
+/// The evaluate consumer of the partition holding the series of `service` and `metric`.
+pub fn evaluate_consumer_of(service: &str, metric: &str) -> String {
+    let partitions = consumers::Topology::built_in().partitions();
+    consumers::topology::evaluate_consumer(schemas::subject::partition_of(
+        service, metric, partitions,
+    ))
+}
+
+/// Waits until every partition's `evaluate`, `archive` and `record` have handled everything in
+/// their streams.
 pub async fn drained(js: &jetstream::Context, timeout: Duration) {
-    drained_consumers(
-        js,
-        &[
-            ("METRICS", "evaluate"),
-            ("METRICS", "archive"),
-            ("INCIDENTS", "record"),
-        ],
-        timeout,
-    )
-    .await
+    let names: Vec<(String, String)> = consumers::Topology::built_in()
+        .durable_consumers()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("evaluate-") || name == "archive" || name == "record")
+        .map(|(name, spec)| (spec.stream, name))
+        .collect();
+    let names: Vec<(&str, &str)> = names
+        .iter()
+        .map(|(s, n)| (s.as_str(), n.as_str()))
+        .collect();
+    drained_consumers(js, &names, timeout).await
 }
 
 /// Waits until each (stream, consumer) has handled everything in its stream.

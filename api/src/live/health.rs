@@ -21,7 +21,8 @@ pub struct Pipeline {
     /// Samples stored in METRICS per second since the previous measurement; `null` until there
     /// are two, or when the stream cannot be read.
     pub ingest_per_second: Option<f64>,
-    /// Each durable consumer's backlog; a consumer that cannot be read now is left out.
+    /// Each durable consumer's backlog, the partitions of `evaluate` summed; a consumer that
+    /// cannot be read now is left out.
     pub consumers: Vec<ConsumerLag>,
     /// `null` when Postgres cannot be read now.
     pub detection_latency: Option<DetectionLatency>,
@@ -68,11 +69,22 @@ impl Meter {
             }
             None => None,
         };
-        let mut consumers = Vec::with_capacity(self.consumers.len());
+        let mut consumers: Vec<ConsumerLag> = Vec::with_capacity(self.consumers.len());
         for watched in &self.consumers {
-            if let Some(lag) = self.lag(watched).await {
-                consumers.push(lag);
+            let Some(mut lag) = self.lag(watched).await else {
+                continue;
+            };
+            // The partitions' consumers, `evaluate-<n>`, are shown as one `evaluate`.
+            let partition = lag.name.strip_prefix("evaluate-");
+            if partition.is_some_and(|n| n.parse::<u32>().is_ok()) {
+                lag.name = "evaluate".to_owned();
+                if let Some(sum) = consumers.iter_mut().find(|c| c.name == lag.name) {
+                    sum.pending += lag.pending;
+                    sum.ack_pending += lag.ack_pending;
+                    continue;
+                }
             }
+            consumers.push(lag);
         }
         let detection_latency =
             match store::overview::detection_latency(&self.pool, LATENCY_WINDOW).await {

@@ -1,92 +1,175 @@
-//! Only one evaluator may run against the METRICS consumer at a time: it keeps stream order and
-//! re-positions the durable consumer. The evaluator therefore holds a Postgres advisory lock on
-//! a dedicated connection. Another process waits on standby and takes over when the holder
-//! stops or dies (Postgres releases the lock with the connection). If the lock's connection is
-//! lost, the holder stops evaluating.
+//! Partition leases in a JetStream KV bucket ([`LEASES_BUCKET`]).
+//!
+//! `partition.<n>` names the process evaluating partition n; `member.<id>` says that process
+//! `id` is alive and wants a share of the partitions. The bucket's `max_age` is the lease time:
+//! a key not written again within it disappears. A process holds a partition by creating its key
+//! (which fails if another holds it) and keeps it by updating it at the revision it last wrote,
+//! so a lease that expired and was taken by someone else can never be renewed by mistake.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
 
-use sqlx::postgres::PgConnection;
-use sqlx::{Connection, PgPool};
-use tokio_util::sync::CancellationToken;
+use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use bytes::Bytes;
+use futures::TryStreamExt;
 
-/// Advisory lock key: "tracely" and a 1 for the evaluate role.
-const LOCK_KEY: i64 = 0x0074_7261_6365_6c79;
-const RETRY: Duration = Duration::from_secs(2);
-pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+pub use crate::topology::LEASES_BUCKET;
 
-/// Proof that this process is the evaluator.
-pub struct Lease {
-    conn: PgConnection,
+const PARTITION: &str = "partition.";
+const MEMBER: &str = "member.";
+
+/// Why a lease could not be renewed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenewError {
+    /// Someone else wrote the key since: the lease expired and was taken, or was released.
+    #[error("the lease is held by another process now")]
+    Lost,
+    /// The bucket could not be reached; the lease may still be ours.
+    #[error("could not reach the lease bucket: {0}")]
+    Unreachable(String),
 }
 
-/// Waits until this process holds the lease. Returns `None` if shut down first.
-pub async fn acquire(pool: &PgPool, shutdown: &CancellationToken) -> Option<Lease> {
-    let mut last_log: Option<Instant> = None;
-    loop {
-        match try_acquire(pool).await {
-            Ok(Some(lease)) => {
-                if last_log.is_some() {
-                    tracing::info!("took over the evaluator lease");
-                }
-                return Some(lease);
-            }
-            Ok(None) => {
-                if last_log.is_none_or(|t| t.elapsed() > Duration::from_secs(30)) {
-                    tracing::info!("another process is the evaluator; standing by");
-                    last_log = Some(Instant::now());
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not ask for the evaluator lease; retrying");
-                last_log.get_or_insert_with(Instant::now);
+/// Who holds what, as read from the bucket.
+#[derive(Debug, Default)]
+pub struct View {
+    /// The ids of the evaluate processes alive.
+    pub members: Vec<String>,
+    /// Partition → owner id.
+    pub owners: BTreeMap<u32, String>,
+}
+
+/// One process's handle on the bucket.
+pub struct Leases {
+    kv: kv::Store,
+    owner: String,
+}
+
+impl Leases {
+    pub fn new(kv: kv::Store, owner: String) -> Leases {
+        Leases { kv, owner }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Says this process is alive, for the length of one lease.
+    pub async fn heartbeat(&self) -> Result<(), kv::PutError> {
+        self.kv
+            .put(format!("{MEMBER}{}", self.owner), Bytes::new())
+            .await
+            .map(drop)
+    }
+
+    /// Says this process has left.
+    pub async fn leave(&self) {
+        if let Err(e) = self.kv.delete(format!("{MEMBER}{}", self.owner)).await {
+            tracing::debug!(error = %e, "could not leave the lease bucket; it expires");
+        }
+    }
+
+    /// The members alive and the partitions held.
+    pub async fn view(&self, partitions: u32) -> anyhow::Result<View> {
+        let mut view = View::default();
+        let mut keys = self.kv.keys().await?;
+        while let Some(key) = keys.try_next().await? {
+            if let Some(member) = key.strip_prefix(MEMBER) {
+                view.members.push(member.to_owned());
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(RETRY) => {}
+        for partition in 0..partitions {
+            if let Some(entry) = self.kv.entry(partition_key(partition)).await? {
+                if entry.operation == Operation::Put {
+                    let owner = String::from_utf8_lossy(&entry.value).into_owned();
+                    view.owners.insert(partition, owner);
+                }
+            }
+        }
+        Ok(view)
+    }
+
+    /// Takes `partition` if nobody holds it; its revision if taken, `None` if held.
+    pub async fn take(&self, partition: u32) -> Result<Option<u64>, kv::CreateError> {
+        match self
+            .kv
+            .create(partition_key(partition), self.owner.clone().into())
+            .await
+        {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Extends the lease written at `revision`; its new revision.
+    pub async fn renew(&self, partition: u32, revision: u64) -> Result<u64, RenewError> {
+        self.kv
+            .update(
+                partition_key(partition),
+                self.owner.clone().into(),
+                revision,
+            )
+            .await
+            .map_err(|e| match e.kind() {
+                UpdateErrorKind::WrongLastRevision => RenewError::Lost,
+                _ => RenewError::Unreachable(e.to_string()),
+            })
+    }
+
+    /// Gives `partition` up, unless someone else holds it already.
+    pub async fn release(&self, partition: u32, revision: u64) {
+        let key = partition_key(partition);
+        if let Err(e) = self.kv.delete_expect_revision(&key, Some(revision)).await {
+            tracing::debug!(partition, error = %e, "could not release a lease; it expires");
         }
     }
 }
 
-async fn try_acquire(pool: &PgPool) -> Result<Option<Lease>, sqlx::Error> {
-    let mut conn = pool.acquire().await?.detach();
-    let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LOCK_KEY)
-        .fetch_one(&mut conn)
-        .await?;
-    if held {
-        Ok(Some(Lease { conn }))
-    } else {
-        let _ = conn.close().await;
-        Ok(None)
-    }
+fn partition_key(partition: u32) -> String {
+    format!("{PARTITION}{partition}")
 }
 
-impl Lease {
-    /// Whether the lock is still held, i.e. its connection still answers.
-    pub async fn still_held(&mut self) -> bool {
-        matches!(
-            tokio::time::timeout(CHECK_EVERY, self.conn.ping()).await,
-            Ok(Ok(()))
-        )
-    }
+/// The member that should own `partition` among `members`: highest random weight, so that a
+/// member joining or leaving moves only the partitions it gains or loses.
+pub fn preferred_owner(members: &[String], partition: u32) -> Option<&str> {
+    let p = partition.to_string();
+    members
+        .iter()
+        .max_by_key(|m| (mix(schemas::subject::fnv1a(&[m, ":", &p])), m.as_str()))
+        .map(String::as_str)
+}
 
-    /// Watches the lease until `shutdown`; cancels `lost` if it goes away. Releases the lock on
-    /// return.
-    pub async fn watch(mut self, shutdown: CancellationToken, lost: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(CHECK_EVERY) => {
-                    if !self.still_held().await {
-                        tracing::error!("lost the evaluator lease; stopping evaluation");
-                        lost.cancel();
-                        return;
-                    }
-                }
+/// Spreads FNV's weak high bits over the whole word (MurmurHash3's finaliser), so that weights
+/// of similar names are not ordered alike.
+fn mix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_spread_over_members_and_move_only_when_needed() {
+        let members: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
+        let owners: Vec<&str> = (0..64)
+            .map(|p| preferred_owner(&members, p).unwrap())
+            .collect();
+        for m in &members {
+            let share = owners.iter().filter(|o| **o == m).count();
+            assert!((10..=35).contains(&share), "{m} owns {share} of 64");
+        }
+        // m1 leaves: only its partitions move.
+        let survivors = vec![members[0].clone(), members[2].clone()];
+        for (p, before) in owners.iter().enumerate() {
+            let after = preferred_owner(&survivors, p as u32).unwrap();
+            if *before != "m1" {
+                assert_eq!(after, *before, "partition {p} moved needlessly");
             }
         }
-        let _ = self.conn.close().await;
+        assert_eq!(preferred_owner(&[], 0), None);
     }
 }

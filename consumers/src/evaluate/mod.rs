@@ -1,18 +1,24 @@
-//! The `evaluate` consumer: METRICS samples through the rules engine, incident transitions out
+//! The `evaluate` role: METRICS samples through the rules engine, incident transitions out
 //! to INCIDENTS.
 //!
-//! It keeps stream order, which the engine's per-series state depends on. Before it starts
-//! pulling it restores the engine's open episodes ([`recovery`]) and, if a previous process died
-//! holding messages, re-creates its durable consumer at the ack floor so those messages come
-//! back in order rather than after `ack_wait`, behind newer ones. Samples a restored episode
-//! already counted are recognised by stream sequence and skipped.
+//! METRICS is split into partitions by series ([`schemas::subject::partition_of`]), each read
+//! by its own durable consumer, `evaluate-<partition>`. [`partitions`] decides which partitions
+//! this process evaluates, by leases shared with the other evaluate processes; an [`Evaluator`]
+//! evaluates one partition.
+//!
+//! An evaluator keeps stream order, which the engine's per-series state depends on. Before it
+//! starts pulling it restores the partition's open episodes ([`recovery`]) and, if a previous
+//! owner died holding messages, re-creates the durable consumer at the ack floor so those
+//! messages come back in order rather than after `ack_wait`, behind newer ones. Samples a
+//! restored episode already counted are recognised by stream sequence and skipped.
 
 pub mod handler;
 pub mod lease;
+pub mod partitions;
 pub mod recovery;
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -26,15 +32,30 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jetstream::{
     ack_all, extend_ack_wait, retry_until_stopped, run_pull_loop, BatchHandler, DeadLetters,
+    Rejection,
 };
 use crate::telemetry;
 use crate::topology::{self, ConsumerSpec, Topology, METRICS};
 
-pub const CONSUMER: &str = "evaluate";
+pub use partitions::Evaluators;
 
+/// The name of a partition's consumer, kept for the life of the process: metric labels and
+/// dead letters take `&'static str`.
+pub fn consumer_name(partition: u32) -> &'static str {
+    static NAMES: Mutex<BTreeMap<u32, &'static str>> = Mutex::new(BTreeMap::new());
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    names
+        .entry(partition)
+        .or_insert_with(|| Box::leak(topology::evaluate_consumer(partition).into_boxed_str()))
+}
+
+/// Evaluates one partition of METRICS.
 pub struct Evaluator {
     js: jetstream::Context,
     pool: PgPool,
+    partition: u32,
+    partitions: u32,
+    consumer: &'static str,
     spec: ConsumerSpec,
     rules: watch::Receiver<Arc<Vec<Rule>>>,
     engine: Engine,
@@ -49,7 +70,6 @@ pub struct Evaluator {
     /// Whether the consumer has delivered everything pending: idle series are advanced only
     /// then, never while a backlog could still hold their samples.
     caught_up: bool,
-    allowed_lateness: Span,
 }
 
 fn fresh_engine(allowed_lateness: Span) -> Engine {
@@ -65,12 +85,16 @@ impl Evaluator {
         topology: &Topology,
         rules: watch::Receiver<Arc<Vec<Rule>>>,
         allowed_lateness: Span,
+        partition: u32,
     ) -> Evaluator {
+        let consumer = consumer_name(partition);
         Evaluator {
-            dead_letters: DeadLetters::new(js.clone(), CONSUMER),
-            spec: topology.consumer(CONSUMER).clone(),
+            dead_letters: DeadLetters::new(js.clone(), consumer),
+            spec: topology.evaluate_spec(partition),
+            partition,
+            partitions: topology.partitions(),
+            consumer,
             engine: fresh_engine(allowed_lateness),
-            allowed_lateness,
             known_services: HashSet::new(),
             applied_through: 0,
             started: Instant::now(),
@@ -81,44 +105,32 @@ impl Evaluator {
         }
     }
 
-    /// Recovers state, then evaluates until `shutdown` fires. Fails only on errors that a
-    /// restart of the component would not fix by itself.
-    pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        loop {
-            let Some(lease) = lease::acquire(&self.pool, &shutdown).await else {
-                return Ok(());
-            };
-            let lost = CancellationToken::new();
-            let stop = shutdown.child_token();
-            let watcher = tokio::spawn(lease.watch(stop.clone(), lost.clone()));
-            let stop_on_loss = {
-                let (lost, stop) = (lost.clone(), stop.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = lost.cancelled() => stop.cancel(),
-                        _ = stop.cancelled() => {}
-                    }
-                })
-            };
-            let result = self.evaluate_until(&stop).await;
-            stop.cancel();
-            let _ = tokio::join!(watcher, stop_on_loss);
-            if !lost.is_cancelled() {
-                return result;
-            }
-            // Another process may be the evaluator now: forget everything and queue up again.
-            tracing::warn!("lost the evaluator lease; rejoining as a standby");
-            self.engine = fresh_engine(self.allowed_lateness);
-            self.applied_through = 0;
-        }
-    }
-
-    async fn evaluate_until(&mut self, stop: &CancellationToken) -> anyhow::Result<()> {
-        if !self.recover(stop).await? {
+    /// Recovers the partition's state, then evaluates until `stop` fires. Fails only on errors
+    /// that a restart of the component would not fix by itself.
+    pub async fn evaluate_until(mut self, stop: CancellationToken) -> anyhow::Result<()> {
+        if !self.recover(&stop).await? {
             return Ok(());
         }
-        let (js, spec) = (self.js.clone(), self.spec.clone());
-        run_pull_loop(&js, METRICS, CONSUMER, &spec, stop, self).await
+        let (js, spec, name) = (self.js.clone(), self.spec.clone(), self.consumer);
+        run_pull_loop(&js, METRICS, name, &spec, &stop, &mut self).await
+    }
+
+    /// A sample stored in another partition than its series belongs to (published straight to
+    /// a stored subject) would be evaluated by two processes: it is refused instead.
+    fn misplaced(&self, sample: &schemas::MetricSample) -> Option<Rejection> {
+        let home = schemas::subject::partition_of(
+            &sample.service_id,
+            &sample.metric_type,
+            self.partitions,
+        );
+        (home != self.partition).then(|| Rejection {
+            kind: "subject",
+            reason: format!(
+                "stored in partition {} but series {}:{} belongs to partition {home}; publish to \
+                 metrics.<service_id>.<metric_type>",
+                self.partition, sample.service_id, sample.metric_type
+            ),
+        })
     }
 
     /// Applies rule changes made since the last batch.
@@ -143,7 +155,10 @@ impl Evaluator {
             self.caught_up = pending == 0;
             // Decode even what was applied before, so poison whose dead-lettering failed is
             // tried again (the copy is deduplicated).
-            match handler::decode(&msg) {
+            match handler::decode(&msg).and_then(|sample| match self.misplaced(&sample) {
+                Some(rejection) => Err(rejection),
+                None => Ok(sample),
+            }) {
                 Ok(sample) => {
                     if seq > self.applied_through {
                         if !self.known_services.contains(&sample.service_id) {
@@ -165,7 +180,7 @@ impl Evaluator {
             let pool = &self.pool;
             let services = &new_services;
             let registered = retry_until_stopped(
-                CONSUMER,
+                self.consumer,
                 "register_services",
                 shutdown,
                 || store::services::register_many(pool, services),
@@ -183,7 +198,7 @@ impl Evaluator {
             return;
         }
         self.applied_through = last_seq;
-        ack_all(CONSUMER, &held).await;
+        ack_all(self.consumer, &held).await;
         telemetry::late_samples(self.engine.take_late());
         telemetry::samples_evaluated(evaluated);
     }
@@ -200,7 +215,7 @@ impl Evaluator {
         }
         let js = &self.js;
         retry_until_stopped(
-            CONSUMER,
+            self.consumer,
             "publish",
             shutdown,
             || publish_transitions(js, transitions),
@@ -224,18 +239,23 @@ impl Evaluator {
             .get_stream(METRICS)
             .await
             .context("looking up METRICS")?;
-        let position = stream.consumer_info(CONSUMER).await.ok();
+        let position = stream.consumer_info(self.consumer).await.ok();
         let floor = position.as_ref().map_or(0, |p| p.ack_floor.stream_sequence);
         let (js, pool) = (&self.js, &self.pool);
         let lookback = self.engine.rebuild_lookback();
         let plan = recovery::plan_reread(js, floor, lookback).await?;
         let since = plan.map_or_else(Utc::now, |p| p.since);
+        let (partition, partitions) = (self.partition, self.partitions);
+        let owns = move |series_key: &str| {
+            schemas::series::series_parts(series_key)
+                .is_some_and(|(s, m)| schemas::subject::partition_of(s, m, partitions) == partition)
+        };
         let restored = retry_until_stopped(
-            CONSUMER,
+            self.consumer,
             "restore",
             shutdown,
             || async {
-                recovery::restore(js, pool, floor, since)
+                recovery::restore(js, pool, floor, since, &owns)
                     .await
                     .map_err(|e| format!("{e:#}"))
             },
@@ -254,7 +274,7 @@ impl Evaluator {
             self.engine.restore_resolution(rule_id, series_key, at);
         }
         let reread = match plan {
-            Some(plan) => recovery::reread(js, &mut self.engine, plan)
+            Some(plan) => recovery::reread(js, &mut self.engine, plan, partition)
                 .await
                 .context("re-reading METRICS to rebuild windows")?,
             None => 0,
@@ -263,6 +283,7 @@ impl Evaluator {
         self.caught_up = false;
         self.applied_through = floor;
         tracing::info!(
+            partition,
             rules = self.engine.rule_count(),
             open_episodes = self.engine.open_episodes(),
             incidents,
@@ -281,13 +302,13 @@ impl BatchHandler for Evaluator {
     }
 
     async fn before_pull(&mut self) -> anyhow::Result<()> {
-        position_consumer(&self.js, &self.spec, self.applied_through).await
+        position_consumer(&self.js, self.consumer, &self.spec, self.applied_through).await
     }
 
     /// Lets windows of idle series close and silent series fire `absent` rules.
     async fn tick(&mut self, shutdown: &CancellationToken) {
         if !self.caught_up {
-            self.caught_up = consumer_caught_up(&self.js).await;
+            self.caught_up = consumer_caught_up(&self.js, self.consumer).await;
             if !self.caught_up {
                 return;
             }
@@ -308,55 +329,58 @@ impl BatchHandler for Evaluator {
 /// last sample this process applied, or at the start of the stream if it has applied none.
 async fn position_consumer(
     js: &jetstream::Context,
+    name: &str,
     spec: &ConsumerSpec,
     applied_through: u64,
 ) -> anyhow::Result<()> {
     let stream = js.get_stream(METRICS).await.context("looking up METRICS")?;
-    let start = match stream.consumer_info(CONSUMER).await {
+    let start = match stream.consumer_info(name).await {
         Ok(info) if info.num_ack_pending == 0 => return Ok(()),
         Ok(info) => {
             let start = info.ack_floor.stream_sequence + 1;
             tracing::warn!(
+                consumer = name,
                 held = info.num_ack_pending,
                 start_sequence = start,
                 "unacked samples are held elsewhere; rewinding the consumer to its ack floor"
             );
             stream
-                .delete_consumer(CONSUMER)
+                .delete_consumer(name)
                 .await
-                .context("deleting the evaluate consumer to rewind it")?;
+                .with_context(|| format!("deleting consumer {name} to rewind it"))?;
             start
         }
         Err(_) if applied_through == 0 => {
-            topology::ensure_consumer(js, CONSUMER, spec).await?;
+            topology::ensure_consumer(js, name, spec).await?;
             return Ok(());
         }
         Err(_) => {
             tracing::warn!(
+                consumer = name,
                 start_sequence = applied_through + 1,
-                "the evaluate consumer is gone; re-creating it after the last applied sample"
+                "the consumer is gone; re-creating it after the last applied sample"
             );
             applied_through + 1
         }
     };
-    let mut config = spec.to_config(CONSUMER);
+    let mut config = spec.to_config(name);
     config.deliver_policy = DeliverPolicy::ByStartSequence {
         start_sequence: start,
     };
     stream
         .create_consumer(config)
         .await
-        .context("re-creating the evaluate consumer")?;
+        .with_context(|| format!("re-creating consumer {name}"))?;
     Ok(())
 }
 
-/// Whether the evaluate consumer has nothing left to deliver.
-async fn consumer_caught_up(js: &jetstream::Context) -> bool {
+/// Whether the consumer has nothing left to deliver.
+async fn consumer_caught_up(js: &jetstream::Context, name: &str) -> bool {
     let Ok(stream) = js.get_stream(METRICS).await else {
         return false;
     };
     stream
-        .consumer_info(CONSUMER)
+        .consumer_info(name)
         .await
         .is_ok_and(|info| info.num_pending == 0)
 }

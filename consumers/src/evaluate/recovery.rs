@@ -37,14 +37,16 @@ pub struct Restored {
     pub resolutions: HashMap<(Uuid, String), DateTime<Utc>>,
 }
 
-/// Reads the state as of the last transition published. `evaluate_floor` is the evaluator's
-/// ack floor: samples after it will be read again. `since` is the event time the re-read of
-/// METRICS starts at: incidents resolved before it no longer matter.
+/// Reads the state as of the last transition published, for the series `owns` accepts (by
+/// series key). `evaluate_floor` is the evaluator's ack floor: samples after it will be read
+/// again. `since` is the event time the re-read of METRICS starts at: incidents resolved before
+/// it no longer matter.
 pub async fn restore(
     js: &jetstream::Context,
     pool: &PgPool,
     evaluate_floor: u64,
     since: DateTime<Utc>,
+    owns: &(dyn Fn(&str) -> bool + Sync),
 ) -> anyhow::Result<Restored> {
     // Read record's floor before querying Postgres: every transition at or below it was
     // committed before the query, every one above it is in the tail.
@@ -67,6 +69,7 @@ pub async fn restore(
         .await
         .context("loading recent incidents")?
         .iter()
+        .filter(|r| owns(&r.series_key))
         .map(|r| (r.id, r.to_snapshot()))
         .collect();
     let mut watermarks: HashMap<(Uuid, String), u64> = HashMap::new();
@@ -74,17 +77,21 @@ pub async fn restore(
         .await
         .context("loading sequence watermarks")?
     {
-        raise(&mut watermarks, rule_id, series_key, seq.max(0) as u64);
+        if owns(&series_key) {
+            raise(&mut watermarks, rule_id, series_key, seq.max(0) as u64);
+        }
     }
     let mut resolutions: HashMap<(Uuid, String), DateTime<Utc>> =
         store::incidents::live_last_resolutions(pool)
             .await
             .context("loading the last resolution of each series")?
             .into_iter()
+            .filter(|(_, series_key, _)| owns(series_key))
             .map(|(rule_id, series_key, at)| ((rule_id, series_key), at))
             .collect();
 
-    let tail = read_tail(&stream, record_floor, last).await?;
+    let mut tail = read_tail(&stream, record_floor, last).await?;
+    tail.retain(|t| owns(&t.incident.series_key));
     let ids: Vec<Uuid> = tail.iter().map(|t| t.incident.id).collect();
     let resolved_in_db: HashMap<Uuid, DateTime<Utc>> = store::incidents::resolved_among(pool, &ids)
         .await
@@ -223,35 +230,43 @@ pub async fn plan_reread(
     Ok(Some(Reread { floor, since }))
 }
 
-/// Re-reads METRICS from the plan's start up to its floor through the engine, whose samples
-/// there are all guided: it rebuilds windows and emits nothing. Returns how many samples it
-/// read.
+/// Re-reads `partition` of METRICS from the plan's start up to its floor through the engine,
+/// whose samples there are all guided: it rebuilds windows and emits nothing. Returns how many
+/// samples it read.
 pub async fn reread(
     js: &jetstream::Context,
     engine: &mut pipeline::Engine,
     plan: Reread,
+    partition: u32,
 ) -> anyhow::Result<u64> {
     let mut stream = js.get_stream(METRICS).await.context("looking up METRICS")?;
-    let first_in_stream = stream
+    let first_stored = stream
         .info()
         .await
         .context("reading METRICS")?
         .state
-        .first_sequence;
+        .first_timestamp;
     let start_time = time::OffsetDateTime::from_unix_timestamp(plan.since.timestamp())
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    // Starting after the oldest sample in the stream, windows reaching before the start of the
+    // re-read are not full.
+    let partial_before = (start_time > first_stored).then_some(plan.since);
     let consumer = stream
         .create_consumer(OrderedConfig {
             deliver_policy: DeliverPolicy::ByStartTime { start_time },
+            filter_subject: schemas::subject::metrics_partition_filter(partition),
             ..Default::default()
         })
         .await
         .context("re-reading METRICS")?;
+    // The floor need not be in this partition: stop after what was there when the read began.
+    let mut left = consumer.cached_info().num_pending;
     let mut messages = consumer.messages().await?;
     let mut read = 0u64;
     let mut discarded = Vec::new();
     let mut prepared = false;
-    loop {
+    while left > 0 {
+        left -= 1;
         let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
             .await
             .context("timed out re-reading METRICS")?;
@@ -262,9 +277,7 @@ pub async fn reread(
             break;
         }
         if !prepared {
-            // Starting after the first sample in the stream, windows reaching before the
-            // start of the re-read are not full.
-            engine.prepare_rebuild(plan.floor, (seq > first_in_stream).then_some(plan.since));
+            engine.prepare_rebuild(plan.floor, partial_before);
             prepared = true;
         }
         if let Ok(sample) = super::handler::decode(&msg) {
