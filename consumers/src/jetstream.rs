@@ -150,6 +150,12 @@ pub trait BatchHandler {
     fn tick(&mut self, _shutdown: &CancellationToken) -> impl Future<Output = ()> + Send {
         async {}
     }
+
+    /// Where in each second [`tick`](BatchHandler::tick) runs, so that handlers in one process
+    /// with heavy ticks take turns rather than all stalling the process at once.
+    fn tick_phase(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Pulls batches from the durable consumer `name` on `stream` and hands them to `handler` until
@@ -191,7 +197,8 @@ pub async fn run_pull_loop(
                 continue;
             }
         };
-        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        let first_tick = tokio::time::Instant::now() + handler.tick_phase();
+        let mut ticks = tokio::time::interval_at(first_tick, Duration::from_secs(1));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let batch = tokio::select! {

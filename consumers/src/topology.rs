@@ -36,14 +36,22 @@ pub struct Topology {
     pub evaluate_leases: LeaseSpec,
 }
 
-/// The KV bucket of partition leases: a lease not renewed within `ttl_secs` expires, and the
-/// partition passes to another evaluator.
+/// The KV bucket of partition leases: a dead evaluator's partitions pass to the others within
+/// `ttl_secs`. Leases are renewed every quarter of it and expire three quarters of it after
+/// their last renewal; the others look every quarter.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseSpec {
     pub ttl_secs: u64,
     #[serde(default = "one")]
     pub replicas: usize,
+}
+
+impl LeaseSpec {
+    /// How long a lease lives after its last renewal.
+    pub fn expiry(&self) -> Duration {
+        Duration::from_millis(self.ttl_secs.saturating_mul(750))
+    }
 }
 
 impl Default for LeaseSpec {
@@ -360,7 +368,7 @@ pub async fn ensure_leases_bucket(
         bucket: LEASES_BUCKET.to_owned(),
         description: "Which evaluator owns each METRICS partition".to_owned(),
         history: 1,
-        max_age: Duration::from_secs(spec.ttl_secs),
+        max_age: spec.expiry(),
         storage: stream::StorageType::File,
         num_replicas: spec.replicas,
         ..Default::default()

@@ -121,6 +121,7 @@ async fn measure(
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(app.run_until_stopped(stop.clone()));
     let measured = async {
+        evaluating(&js).await?;
         println!(
             "2/3 Tracely sustained: {} samples over {} series × 10 rules",
             args.samples, args.series
@@ -310,6 +311,31 @@ async fn sustained(js: &jetstream::Context, args: &BenchArgs) -> anyhow::Result<
     Ok(args.samples as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Waits until every partition of METRICS has its evaluator, so that no measure includes
+/// the start-up.
+async fn evaluating(js: &jetstream::Context) -> anyhow::Result<()> {
+    let partitions = consumers::Topology::built_in().partitions();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(kv) = js.get_key_value(consumers::topology::LEASES_BUCKET).await {
+            let mut held = 0;
+            for p in 0..partitions {
+                if matches!(kv.get(format!("partition.{p}")).await, Ok(Some(_))) {
+                    held += 1;
+                }
+            }
+            if held == partitions {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the evaluators did not take every partition within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until the pipeline's consumers have nothing pending or unacked.
 async fn drained(js: &jetstream::Context) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -395,6 +421,21 @@ async fn latency(
         count as usize == probes,
         "{probes} probes were published but {count} incidents recorded"
     );
+    let slowest: Vec<(f64, f64)> = sqlx::query_as(
+        "SELECT extract(epoch FROM opened_at - $2)::float8,
+                extract(epoch FROM created_at - opened_at)::float8 AS latency
+         FROM incidents WHERE metric_type = $1 AND opened_at >= $2
+         ORDER BY latency DESC LIMIT 12",
+    )
+    .bind(PROBE_METRIC)
+    .bind(since)
+    .fetch_all(pool)
+    .await?;
+    let slowest: Vec<String> = slowest
+        .iter()
+        .map(|(at, latency)| format!("{:.0} ms at +{at:.2} s", latency * 1000.0))
+        .collect();
+    println!("    slowest probes: {}", slowest.join(", "));
     Ok(Level {
         percent,
         target_per_sec: target,

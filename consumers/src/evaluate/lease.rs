@@ -128,14 +128,35 @@ fn partition_key(partition: u32) -> String {
     format!("{PARTITION}{partition}")
 }
 
-/// The member that should own `partition` among `members`: highest random weight, so that a
-/// member joining or leaving moves only the partitions it gains or loses.
-pub fn preferred_owner(members: &[String], partition: u32) -> Option<&str> {
-    let p = partition.to_string();
-    members
-        .iter()
-        .max_by_key(|m| (mix(schemas::subject::fnv1a(&[m, ":", &p])), m.as_str()))
-        .map(String::as_str)
+/// The member that should own each partition among `members`: for each partition in turn,
+/// the member with the highest random weight that has not yet reached an even share (every
+/// member gets the count divided evenly, some one more). Every
+/// process computes the same answer from the same members; each member gets an even share, and
+/// a member joining or leaving moves few partitions besides its own.
+pub fn assign(members: &[String], partitions: u32) -> Vec<Option<&str>> {
+    if members.is_empty() {
+        return vec![None; partitions as usize];
+    }
+    // Every member gets `base` partitions, and `extra` of them one more.
+    let base = partitions as usize / members.len();
+    let mut extra = partitions as usize % members.len();
+    let mut counts = vec![0usize; members.len()];
+    (0..partitions)
+        .map(|partition| {
+            let p = partition.to_string();
+            let (chosen, _) = members
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| counts[*i] < base || (counts[*i] == base && extra > 0))
+                .max_by_key(|(_, m)| (mix(schemas::subject::fnv1a(&[m, ":", &p])), m.as_str()))
+                .expect("the shares cover every partition");
+            if counts[chosen] == base {
+                extra -= 1;
+            }
+            counts[chosen] += 1;
+            Some(members[chosen].as_str())
+        })
+        .collect()
 }
 
 /// Spreads FNV's weak high bits over the whole word (MurmurHash3's finaliser), so that weights
@@ -153,23 +174,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partitions_spread_over_members_and_move_only_when_needed() {
-        let members: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
-        let owners: Vec<&str> = (0..64)
-            .map(|p| preferred_owner(&members, p).unwrap())
-            .collect();
-        for m in &members {
-            let share = owners.iter().filter(|o| **o == m).count();
-            assert!((10..=35).contains(&share), "{m} owns {share} of 64");
-        }
-        // m1 leaves: only its partitions move.
-        let survivors = vec![members[0].clone(), members[2].clone()];
-        for (p, before) in owners.iter().enumerate() {
-            let after = preferred_owner(&survivors, p as u32).unwrap();
-            if *before != "m1" {
-                assert_eq!(after, *before, "partition {p} moved needlessly");
+    fn every_member_gets_an_even_share() {
+        for run in 0..200 {
+            for count in 1..=9 {
+                let members: Vec<String> =
+                    (0..count).map(|i| format!("{run}-{i}-member")).collect();
+                let owners = assign(&members, 8);
+                for m in &members {
+                    let owned = owners.iter().filter(|o| **o == Some(m.as_str())).count();
+                    assert!(
+                        owned == 8 / count || owned == 8 / count + 1,
+                        "{m} owns {owned} of 8 among {count}"
+                    );
+                }
+                assert!(owners.iter().all(Option::is_some));
+                // Members may be listed in any order.
+                let mut reversed = members.clone();
+                reversed.reverse();
+                assert_eq!(assign(&reversed, 8), owners);
             }
         }
-        assert_eq!(preferred_owner(&[], 0), None);
+        assert_eq!(assign(&[], 2), [None, None]);
     }
 }

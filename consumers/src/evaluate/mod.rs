@@ -305,6 +305,14 @@ impl BatchHandler for Evaluator {
         position_consumer(&self.js, self.consumer, &self.spec, self.applied_through).await
     }
 
+    /// Partitions tick in turn: a tick closes the windows of every idle series, a burst of work
+    /// that would otherwise land on all partitions in the same instant.
+    fn tick_phase(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            1000 * u64::from(self.partition) / u64::from(self.partitions.max(1)),
+        )
+    }
+
     /// Lets windows of idle series close and silent series fire `absent` rules.
     async fn tick(&mut self, shutdown: &CancellationToken) {
         if !self.caught_up {

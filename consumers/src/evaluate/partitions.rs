@@ -3,8 +3,8 @@
 //!
 //! Every quarter of the lease time the process says it is alive, renews the leases it holds and
 //! reads who holds the rest. Each partition has a preferred owner among the live processes
-//! (highest random weight), so the partitions spread evenly and a process joining or leaving
-//! moves only its share:
+//! (highest random weight within an even share, [`lease::assign`]), so the partitions spread
+//! evenly and a process joining or leaving moves little more than its share:
 //! - a free partition is taken by its preferred owner, or by anyone once it has stayed free for
 //!   a whole lease time (its preferred owner is alive but not taking it);
 //! - a partition whose preferred owner is another live process is handed over: stopped after
@@ -187,8 +187,9 @@ impl Round {
         if !members.iter().any(|m| m == leases.owner()) {
             members.push(leases.owner().to_owned());
         }
+        let assigned = lease::assign(&members, partitions);
         for partition in 0..partitions {
-            let preferred = lease::preferred_owner(&members, partition).unwrap_or_default();
+            let preferred = assigned[partition as usize].unwrap_or_default();
             let mine = preferred == leases.owner();
             let owner = view.owners.get(&partition);
             if owner.is_some() {
