@@ -53,7 +53,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let dir = dir.canonicalize()?;
     let nats = NatsServer::start(&dir.join("nats")).await?;
     let postgres = Postgres::start(&dir.join("postgres"), false).await?;
-    let result = measure(&args, &nats, &postgres).await;
+    // A signal ends the measurement, but the servers are stopped all the same.
+    let stopped = crate::shutdown::on_signal();
+    let result = tokio::select! {
+        result = measure(&args, &nats, &postgres) => result,
+        _ = stopped.cancelled() => Err(anyhow::anyhow!("interrupted; nothing was written")),
+    };
     let _ = tokio::join!(postgres.stop(), nats.stop());
     let _ = std::fs::remove_dir_all(&dir);
     let report = result?;
