@@ -6,15 +6,19 @@
 //!    configured like METRICS, while one durable pull consumer reads and acks them. The rate is
 //!    messages over the time until the last is acked.
 //! 2. **Tracely, sustained.** The same number of samples go to METRICS while `evaluate` (10
-//!    rules over every series), `archive` and `record` run. The rate is samples over the time
-//!    until every consumer has acked everything, incidents recorded included.
+//!    rules over every series) and `record` run: the path from a sample to its incident. The
+//!    rate is samples over the time until both have acked everything, incidents recorded
+//!    included. `archive` (every sample into Postgres, for charts) is a role of its own and is
+//!    not measured here.
 //! 3. **Detection latency** at 25%, 50% and 80% of that rate: load is published at a steady
 //!    pace, and probe samples open one incident each, on 100 probe series registered before,
 //!    each cleared just before its next probe. Latency is from a probe's event time, taken as
 //!    it is published, to the insertion of its incident's row, both on this machine's clock.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -74,6 +78,7 @@ struct Report {
     raw_per_sec: f64,
     tracely_per_sec: f64,
     incidents: i64,
+    transitions: u64,
     levels: Vec<Level>,
 }
 
@@ -81,6 +86,7 @@ struct Level {
     percent: u32,
     target_per_sec: f64,
     achieved_per_sec: f64,
+    transitions: u64,
     probes: i64,
     p50: f64,
     p99: f64,
@@ -107,7 +113,9 @@ async fn measure(
     let settings = Settings {
         nats_url: nats.url(),
         database_url,
-        roles: vec![Role::Evaluate, Role::Record, Role::Archive],
+        // The path a sample takes to an incident. `archive` copies every sample into Postgres
+        // for charts; it is a separate role, sized on its own, and not on that path.
+        roles: vec![Role::Evaluate, Role::Record],
         http_addr: "127.0.0.1:0".parse().expect("an address"),
         topology,
         db_max_connections: 10,
@@ -135,8 +143,9 @@ async fn measure(
         let incidents: i64 = sqlx::query_scalar("SELECT count(*) FROM incidents")
             .fetch_one(&pool)
             .await?;
+        let transitions = transitions(&js).await?;
         println!(
-            "    {tracely_per_sec:.0} samples/s, {:.0}% of raw JetStream; {incidents} incidents recorded",
+            "    {tracely_per_sec:.0} samples/s, {:.0}% of raw JetStream; {incidents} incidents from {transitions} transitions recorded",
             100.0 * tracely_per_sec / raw_per_sec
         );
         println!("3/3 detection latency at 25%, 50% and 80% of that rate");
@@ -163,6 +172,7 @@ async fn measure(
             raw_per_sec,
             tracely_per_sec,
             incidents,
+            transitions,
             levels,
         })
     }
@@ -316,6 +326,12 @@ async fn sustained(js: &jetstream::Context, args: &BenchArgs) -> anyhow::Result<
     Ok(args.samples as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Messages in INCIDENTS: transitions, as nothing else writes there during the benchmark.
+async fn transitions(js: &jetstream::Context) -> anyhow::Result<u64> {
+    let mut incidents = js.get_stream(consumers::topology::INCIDENTS).await?;
+    Ok(incidents.info().await?.state.messages)
+}
+
 /// Waits until every partition of METRICS has its evaluator, so that no measure includes
 /// the start-up.
 async fn evaluating(js: &jetstream::Context) -> anyhow::Result<()> {
@@ -347,8 +363,7 @@ async fn drained(js: &jetstream::Context) -> anyhow::Result<()> {
     loop {
         let mut idle = true;
         for (consumer, spec) in consumers::Topology::built_in().durable_consumers() {
-            if !(consumer.starts_with("evaluate-") || consumer == "archive" || consumer == "record")
-            {
+            if !(consumer.starts_with("evaluate-") || consumer == "record") {
                 continue;
             }
             let info = js
@@ -390,6 +405,8 @@ async fn latency(
     let mut next_probe = started;
     // Event times travel in whole milliseconds.
     let since = Utc::now().trunc_subsecs(3);
+    let openings = Openings::watch(js).await?;
+    let transitions_before = transitions(js).await?;
     while Instant::now() < ends {
         ticker.tick().await;
         owed += per_tick;
@@ -426,11 +443,13 @@ async fn latency(
         count as usize == probes,
         "{probes} probes were published but {count} incidents recorded"
     );
-    let slowest: Vec<(f64, f64)> = sqlx::query_as(
-        "SELECT extract(epoch FROM opened_at - $2)::float8,
+    let evaluated = openings.stop();
+    let transitions = transitions(js).await? - transitions_before;
+    let slowest: Vec<(uuid::Uuid, chrono::DateTime<Utc>, f64, f64)> = sqlx::query_as(
+        "SELECT id, opened_at, extract(epoch FROM opened_at - $2)::float8,
                 extract(epoch FROM created_at - opened_at)::float8 AS latency
          FROM incidents WHERE metric_type = $1 AND opened_at >= $2
-         ORDER BY latency DESC LIMIT 12",
+         ORDER BY latency DESC LIMIT 8",
     )
     .bind(PROBE_METRIC)
     .bind(since)
@@ -438,18 +457,65 @@ async fn latency(
     .await?;
     let slowest: Vec<String> = slowest
         .iter()
-        .map(|(at, latency)| format!("{:.0} ms at +{at:.2} s", latency * 1000.0))
+        .map(|(id, opened_at, at, latency)| {
+            let evaluated = evaluated.get(id).map_or_else(
+                || "?".to_owned(),
+                |seen| format!("{}", (*seen - *opened_at).num_milliseconds()),
+            );
+            format!(
+                "{:.0} ms ({evaluated} ms to INCIDENTS) at +{at:.2} s",
+                latency * 1000.0
+            )
+        })
         .collect();
-    println!("    slowest probes: {}", slowest.join(", "));
+    println!(
+        "    {transitions} transitions; slowest probes: {}",
+        slowest.join(", ")
+    );
     Ok(Level {
         percent,
         target_per_sec: target,
         achieved_per_sec: achieved,
+        transitions,
         probes: count,
         p50: p50.unwrap_or_default(),
         p99: p99.unwrap_or_default(),
         p999: p999.unwrap_or_default(),
     })
+}
+
+/// When each opening reached INCIDENTS, by incident id: splits a slow probe's latency into
+/// evaluation and recording.
+struct Openings {
+    seen: Arc<Mutex<HashMap<uuid::Uuid, chrono::DateTime<Utc>>>>,
+    watching: tokio::task::JoinHandle<()>,
+}
+
+impl Openings {
+    async fn watch(js: &jetstream::Context) -> anyhow::Result<Openings> {
+        let mut openings = js
+            .client()
+            .subscribe(schemas::subject::incidents_subject("*", "opened"))
+            .await?;
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let into = seen.clone();
+        let watching = tokio::spawn(async move {
+            while let Some(msg) = openings.next().await {
+                let at = Utc::now();
+                if let Ok(t) = schemas::IncidentTransition::from_msgpack(&msg.payload) {
+                    into.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(t.incident.id, at);
+                }
+            }
+        });
+        Ok(Openings { seen, watching })
+    }
+
+    fn stop(self) -> HashMap<uuid::Uuid, chrono::DateTime<Utc>> {
+        self.watching.abort();
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 impl Report {
@@ -461,17 +527,17 @@ impl Report {
             "## End to end (`tracely bench`)\n\n\
              ```sh\ncargo run --release -- bench --samples {} --series {} --level-secs {} --probes-per-sec {}\n```\n\n\
              Run on {}, on {}. nats-server and Postgres run on the same machine, started by the\n\
-             command; Tracely runs `evaluate`, `archive` and `record` in one process. Every\n\
-             sample is judged by 10 rules (windows up to 5 m, p95/p99, pending and clearing)\n\
-             over {} series; about 1% of them spike.\n\n\
+             command; Tracely runs `evaluate` and `record`, the path from a sample to its\n\
+             incident, in one process. Every sample is judged by 10 rules (windows up to 5 m,\n\
+             p95/p99, pending and clearing) over {} series; about 1% of them spike.\n\n\
              | pipeline | samples/s | of raw JetStream |\n|---|---:|---:|\n\
              | raw JetStream: publish with acks + one consumer acking | {:.0} | 100% |\n\
-             | Tracely: publish, evaluate, archive, record ({} incidents) | {:.0} | {:.0}% |\n\n\
+             | Tracely: publish, evaluate, record ({} incidents from {} transitions) | {:.0} | {:.0}% |\n\n\
              Target: at least 50% of raw JetStream: {}.\n\n\
              Detection latency, from a probe sample's event time (taken as it is published) to\n\
              the insertion of its incident's row, at a steady load:\n\n\
-             | load | samples/s asked | sent | probes | p50 | p99 | p99.9 |\n\
-             |---|---:|---:|---:|---:|---:|---:|\n",
+             | load | samples/s asked | sent | transitions | probes | p50 | p99 | p99.9 |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|\n",
             args.samples,
             args.series,
             args.level_secs,
@@ -481,16 +547,18 @@ impl Report {
             args.series,
             self.raw_per_sec,
             self.incidents,
+            self.transitions,
             self.tracely_per_sec,
             100.0 * ratio,
             verdict(ratio >= THROUGHPUT_TARGET),
         );
         for l in &self.levels {
             text.push_str(&format!(
-                "| {}% | {:.0} | {:.0} | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n",
+                "| {}% | {:.0} | {:.0} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms |\n",
                 l.percent,
                 l.target_per_sec,
                 l.achieved_per_sec,
+                l.transitions,
                 l.probes,
                 l.p50 * 1000.0,
                 l.p99 * 1000.0,
