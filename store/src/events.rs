@@ -73,6 +73,34 @@ pub async fn insert<'e>(
     .map(|_| ())
 }
 
+/// [`insert`] for many events in one statement, written in the order given.
+pub async fn insert_many<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    events: &[NewEvent<'_>],
+) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO incident_events (id, incident_id, kind, at, actor, data, created_at)
+         SELECT e.id, e.incident_id, e.kind, e.at, e.actor, e.data, clock_timestamp()
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[],
+                     $6::jsonb[])
+              WITH ORDINALITY AS e(id, incident_id, kind, at, actor, data, n)
+         ORDER BY e.n
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(events.iter().map(|e| e.id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.incident_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.kind).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.at).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.actor).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| &e.data).collect::<Vec<_>>())
+    .execute(executor)
+    .await
+    .map(|_| ())
+}
+
 /// Like [`insert`], but writes nothing when the incident does not exist (any more).
 pub async fn insert_if_incident_exists<'e>(
     executor: impl sqlx::PgExecutor<'e>,

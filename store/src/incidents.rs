@@ -1,4 +1,4 @@
-//! The `incidents` table. The pipeline writes it only through [`apply_snapshot`], which merges
+//! The `incidents` table. The pipeline writes it only through [`apply_snapshots`], which merges
 //! monotonically, so transitions may be applied twice or out of order without harm.
 
 use std::collections::BTreeMap;
@@ -126,30 +126,69 @@ pub const DEFAULT_SORT: Sort = Sort {
 };
 
 /// Inserts the incident or merges the snapshot into it: counts, peaks, sequences and times only
-/// move forward, a resolution is never undone, and a live snapshot makes the row live. The first resolution of an `auto_resolve`
-/// incident also closes it, unless people closed it already. The fields people own (status
-/// otherwise, assignee, acknowledgement) are left alone. Returns whether the row was created.
+/// move forward, a resolution is never undone, and a live snapshot makes the row live. The
+/// first resolution of an `auto_resolve` incident also closes it, unless people closed it
+/// already. The fields people own (status otherwise, assignee, acknowledgement) are left alone.
+/// Returns whether the row was created.
 pub async fn apply_snapshot<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     s: &IncidentSnapshot,
 ) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
+    Ok(!apply_snapshots(executor, &[s]).await?.is_empty())
+}
+
+/// [`apply_snapshot`] for each snapshot in turn, in one statement: snapshots of the same
+/// incident are merged first, by the same rules. Rows are written in id order, so concurrent
+/// writers lock them in the same order. Returns the ids of the rows created.
+pub async fn apply_snapshots<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    snapshots: &[&IncidentSnapshot],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut merged: Vec<Merged> = Vec::with_capacity(snapshots.len());
+    let mut slots: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
+    for s in snapshots {
+        match slots.get(&s.id) {
+            Some(&slot) => merged[slot].merge(s),
+            None => {
+                slots.insert(s.id, merged.len());
+                merged.push(Merged::new(s));
+            }
+        }
+    }
+    merged.sort_unstable_by_key(|m| m.s.id);
+    let rows = || merged.iter().map(|m| &m.s);
+    let text = |f: fn(&IncidentSnapshot) -> &str| rows().map(f).collect::<Vec<_>>();
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let written: Vec<(Uuid, bool)> = sqlx::query_as(
         "INSERT INTO incidents (id, rule_id, rule_name, service_id, metric_type, series_key,
              labels, department_id, severity, operator, threshold, message, value, peak_value,
              last_value, violation_count, opened_at, last_violation_at, resolved_at, source,
              last_sample_seq, auto_resolve, status, closed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18, $19, $20, $21, $22,
-                 CASE WHEN $22 AND $19::timestamptz IS NOT NULL THEN 'CLOSED' ELSE 'OPEN' END,
-                 CASE WHEN $22 THEN $19::timestamptz END)
+         SELECT id, rule_id, rule_name, service_id, metric_type, series_key, labels,
+                department_id, severity, operator, threshold, message, value, peak_value,
+                last_value, violation_count, opened_at, last_violation_at, resolved_at, source,
+                last_sample_seq, auto_resolve,
+                CASE WHEN closes AND resolved_at IS NOT NULL THEN 'CLOSED' ELSE 'OPEN' END,
+                CASE WHEN closes THEN resolved_at END
+         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::jsonb[], $8::uuid[], $9::text[], $10::text[], $11::float8[],
+                     $12::text[], $13::float8[], $14::float8[], $15::float8[], $16::int8[],
+                     $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::text[],
+                     $21::int8[], $22::bool[], $23::bool[])
+              WITH ORDINALITY AS s(id, rule_id, rule_name, service_id, metric_type, series_key,
+                  labels, department_id, severity, operator, threshold, message, value,
+                  peak_value, last_value, violation_count, opened_at, last_violation_at,
+                  resolved_at, source, last_sample_seq, auto_resolve, closes, n)
+         ORDER BY n
          ON CONFLICT (id) DO UPDATE SET
-             status = CASE WHEN EXCLUDED.auto_resolve AND EXCLUDED.resolved_at IS NOT NULL
-                                AND incidents.resolved_at IS NULL
+             -- EXCLUDED.status is CLOSED, and EXCLUDED.closed_at set, when the snapshot's
+             -- resolution closes the incident.
+             status = CASE WHEN EXCLUDED.status = 'CLOSED' AND incidents.resolved_at IS NULL
                            THEN 'CLOSED' ELSE incidents.status END,
-             closed_at = CASE WHEN EXCLUDED.auto_resolve AND EXCLUDED.resolved_at IS NOT NULL
+             closed_at = CASE WHEN EXCLUDED.closed_at IS NOT NULL
                                    AND incidents.resolved_at IS NULL
                                    AND incidents.status <> 'CLOSED'
-                              THEN EXCLUDED.resolved_at ELSE incidents.closed_at END,
+                              THEN EXCLUDED.closed_at ELSE incidents.closed_at END,
              peak_value = CASE WHEN incidents.operator IN ('<', '<=')
                                THEN LEAST(incidents.peak_value, EXCLUDED.peak_value)
                                ELSE GREATEST(incidents.peak_value, EXCLUDED.peak_value) END,
@@ -162,32 +201,81 @@ pub async fn apply_snapshot<'e>(
              -- A live transition makes a backfilled row live: the evaluator restores it then.
              source = CASE WHEN EXCLUDED.source = 'live' THEN 'live' ELSE incidents.source END,
              updated_at = now()
-         RETURNING (xmax = 0)",
+         RETURNING id, (xmax = 0)",
     )
-    .bind(s.id)
-    .bind(s.rule_id)
-    .bind(&s.rule_name)
-    .bind(&s.service_id)
-    .bind(&s.metric_type)
-    .bind(&s.series_key)
-    .bind(sqlx::types::Json(&s.labels))
-    .bind(s.department_id)
-    .bind(s.severity.as_str())
-    .bind(s.operator.as_str())
-    .bind(s.threshold)
-    .bind(&s.message)
-    .bind(s.value)
-    .bind(s.peak_value)
-    .bind(s.last_value)
-    .bind(i64::try_from(s.violation_count).unwrap_or(i64::MAX))
-    .bind(s.opened_at)
-    .bind(s.last_violation_at)
-    .bind(s.resolved_at)
-    .bind(s.source.as_str())
-    .bind(i64::try_from(s.last_sample_seq).unwrap_or(i64::MAX))
-    .bind(s.auto_resolve)
-    .fetch_one(executor)
-    .await
+    .bind(rows().map(|s| s.id).collect::<Vec<_>>())
+    .bind(rows().map(|s| s.rule_id).collect::<Vec<_>>())
+    .bind(text(|s| &s.rule_name))
+    .bind(text(|s| &s.service_id))
+    .bind(text(|s| &s.metric_type))
+    .bind(text(|s| &s.series_key))
+    .bind(
+        rows()
+            .map(|s| sqlx::types::Json(&s.labels))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows().map(|s| s.department_id).collect::<Vec<_>>())
+    .bind(text(|s| s.severity.as_str()))
+    .bind(text(|s| s.operator.as_str()))
+    .bind(rows().map(|s| s.threshold).collect::<Vec<_>>())
+    .bind(text(|s| &s.message))
+    .bind(rows().map(|s| s.value).collect::<Vec<_>>())
+    .bind(rows().map(|s| s.peak_value).collect::<Vec<_>>())
+    .bind(rows().map(|s| s.last_value).collect::<Vec<_>>())
+    .bind(rows().map(|s| count(s.violation_count)).collect::<Vec<_>>())
+    .bind(rows().map(|s| s.opened_at).collect::<Vec<_>>())
+    .bind(rows().map(|s| s.last_violation_at).collect::<Vec<_>>())
+    .bind(rows().map(|s| s.resolved_at).collect::<Vec<_>>())
+    .bind(text(|s| s.source.as_str()))
+    .bind(rows().map(|s| count(s.last_sample_seq)).collect::<Vec<_>>())
+    .bind(rows().map(|s| s.auto_resolve).collect::<Vec<_>>())
+    .bind(merged.iter().map(|m| m.closes).collect::<Vec<_>>())
+    .fetch_all(executor)
+    .await?;
+    Ok(written
+        .into_iter()
+        .filter_map(|(id, created)| created.then_some(id))
+        .collect())
+}
+
+/// Snapshots of one incident merged as the upsert of [`apply_snapshots`] merges them into a
+/// row, so that writing the result once equals writing each in turn. The operator is fixed at
+/// opening, so the peak is merged by the first snapshot's.
+struct Merged {
+    s: IncidentSnapshot,
+    /// Whether the resolution closes the incident: `auto_resolve` of the snapshot that brought
+    /// the first resolution (it can differ from the first snapshot's after a rule change).
+    closes: bool,
+}
+
+impl Merged {
+    fn new(s: &IncidentSnapshot) -> Merged {
+        Merged {
+            s: s.clone(),
+            closes: s.auto_resolve,
+        }
+    }
+
+    fn merge(&mut self, next: &IncidentSnapshot) {
+        let s = &mut self.s;
+        s.peak_value = match s.operator {
+            Operator::Lt | Operator::Le => s.peak_value.min(next.peak_value),
+            _ => s.peak_value.max(next.peak_value),
+        };
+        if next.last_sample_seq >= s.last_sample_seq {
+            s.last_value = next.last_value;
+        }
+        s.violation_count = s.violation_count.max(next.violation_count);
+        s.last_violation_at = s.last_violation_at.max(next.last_violation_at);
+        if s.resolved_at.is_none() && next.resolved_at.is_some() {
+            s.resolved_at = next.resolved_at;
+            self.closes = next.auto_resolve;
+        }
+        s.last_sample_seq = s.last_sample_seq.max(next.last_sample_seq);
+        if next.source == Source::Live {
+            s.source = Source::Live;
+        }
+    }
 }
 
 /// Unresolved live incidents: the open episodes an evaluator restores at start-up.

@@ -426,17 +426,26 @@ pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     Ok(result.rows_affected() > 0)
 }
 
-/// Counts one more incident opened by the rule. Does not touch `updated_at`, and skips the
-/// change notification, since evaluators do not care about counts.
-pub async fn increment_trigger_count<'e>(
+/// Counts more incidents opened by each rule: `(rule id, how many)`, one entry per rule. Does
+/// not touch `updated_at`, and skips the change notification, since evaluators do not care
+/// about counts. Rows are locked in id order, as concurrent writers do.
+pub async fn add_trigger_counts<'e>(
     executor: impl sqlx::PgExecutor<'e>,
-    id: Uuid,
+    counts: &[(Uuid, i64)],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE rules SET trigger_count = trigger_count + 1 WHERE id = $1")
-        .bind(id)
-        .execute(executor)
-        .await
-        .map(|_| ())
+    let mut counts = counts.to_vec();
+    counts.sort_unstable();
+    let (ids, added): (Vec<Uuid>, Vec<i64>) = counts.into_iter().unzip();
+    sqlx::query(
+        "UPDATE rules SET trigger_count = trigger_count + c.added
+         FROM unnest($1::uuid[], $2::int8[]) AS c(id, added)
+         WHERE rules.id = c.id",
+    )
+    .bind(ids)
+    .bind(added)
+    .execute(executor)
+    .await
+    .map(|_| ())
 }
 
 /// Binds a rule's fields as parameters $2 to $17 of an insert or update.
