@@ -75,31 +75,29 @@ async fn an_existing_consumer_takes_the_filter_subjects_of_the_file() {
     let stack = Stack::start().await;
     let js = stack.js().await;
     let version = js.client().server_info().version;
-    // As deployed before record had filters.
-    let unfiltered = BUILT_IN.replace(
-        "filter_subjects = [\"incidents.*.opened\", \"incidents.*.updated\", \"incidents.*.resolved\"]",
-        "",
+    // As deployed when record still filtered on the server.
+    const FILTERS: [&str; 3] = [
+        "incidents.*.opened",
+        "incidents.*.updated",
+        "incidents.*.resolved",
+    ];
+    let filtered = BUILT_IN.replace(
+        "[consumers.record]\n",
+        &format!("[consumers.record]\nfilter_subjects = {FILTERS:?}\n"),
     );
-    let unfiltered = Topology::parse(&unfiltered).unwrap();
-    assert!(unfiltered.consumer("record").filter_subjects.is_empty());
-    topology::apply(&js, &version, &unfiltered).await.unwrap();
+    let filtered = Topology::parse(&filtered).unwrap();
+    assert_eq!(filtered.consumer("record").filter_subjects, FILTERS);
+    topology::apply(&js, &version, &filtered).await.unwrap();
     let incidents = js.get_stream("INCIDENTS").await.unwrap();
     let record = incidents.consumer_info("record").await.unwrap();
-    assert!(record.config.filter_subjects.is_empty());
-    assert_eq!(record.config.filter_subject, "");
+    assert_eq!(record.config.filter_subjects, FILTERS);
 
     topology::apply(&js, &version, &Topology::built_in())
         .await
         .unwrap();
     let record = incidents.consumer_info("record").await.unwrap();
-    assert_eq!(
-        record.config.filter_subjects,
-        [
-            "incidents.*.opened",
-            "incidents.*.updated",
-            "incidents.*.resolved"
-        ]
-    );
+    assert!(record.config.filter_subjects.is_empty());
+    assert_eq!(record.config.filter_subject, "");
 }
 
 /// The stream stores each sample under its series' partition, and Tracely computes the same

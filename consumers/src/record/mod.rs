@@ -49,7 +49,12 @@ impl Recorder {
     async fn handle_batch(&self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
         let mut held = Vec::with_capacity(batch.len());
         let mut transitions = Vec::with_capacity(batch.len());
+        let mut others = Vec::new();
         for msg in batch {
+            if !is_transition(&msg.subject) {
+                others.push(msg);
+                continue;
+            }
             match IncidentTransition::from_msgpack(&msg.payload) {
                 Ok(t) => {
                     transitions.push(t);
@@ -64,6 +69,7 @@ impl Recorder {
                 }
             }
         }
+        ack_all(CONSUMER, &others).await;
         if held.is_empty() {
             return;
         }
@@ -104,6 +110,21 @@ impl Recorder {
         }
         telemetry::transitions_recorded(transitions.len());
     }
+}
+
+/// Whether a message on INCIDENTS is one of the pipeline's transitions. The stream also carries
+/// the changes people make over the API, which are in Postgres already. They are skipped here
+/// rather than by server-side subject filters: with one subject per service, a consumer with
+/// several filters costs the server far more than delivering the few changes.
+fn is_transition(subject: &str) -> bool {
+    let kind = subject.rsplit('.').next().unwrap_or_default();
+    [
+        TransitionKind::Opened,
+        TransitionKind::Updated,
+        TransitionKind::Resolved,
+    ]
+    .iter()
+    .any(|k| k.as_str() == kind)
 }
 
 /// Whether `record` has handled (acked or dead-lettered) every INCIDENTS message up to
@@ -157,5 +178,20 @@ fn observe_detection(opened: &[chrono::DateTime<chrono::Utc>]) {
 impl BatchHandler for Recorder {
     async fn handle(&mut self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
         self.handle_batch(batch, shutdown).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_pipelines_transitions_are_recorded() {
+        for kind in ["opened", "updated", "resolved"] {
+            assert!(is_transition(&format!("incidents.svc-1.{kind}")), "{kind}");
+        }
+        for kind in ["status_changed", "commented", "assigned", "opened_x"] {
+            assert!(!is_transition(&format!("incidents.svc-1.{kind}")), "{kind}");
+        }
     }
 }
