@@ -70,6 +70,14 @@ pub struct Evaluator {
     /// Whether the consumer has delivered everything pending: idle series are advanced only
     /// then, never while a backlog could still hold their samples.
     caught_up: bool,
+    /// Samples evaluated since `updated` transitions were last published: acked only once
+    /// they are, so that a crash loses no update.
+    unacked: Vec<jetstream::Message>,
+    /// Transitions whose publishing has not succeeded yet, kept for the next attempt.
+    unpublished: Vec<IncidentTransition>,
+    /// Set when a batch was cut short by `stop`: its openings are lost with this process, so
+    /// nothing more is acked and the next owner evaluates everything unacked again.
+    interrupted: bool,
 }
 
 fn fresh_engine(allowed_lateness: Span) -> Engine {
@@ -99,6 +107,9 @@ impl Evaluator {
             applied_through: 0,
             started: Instant::now(),
             caught_up: false,
+            unacked: Vec::new(),
+            unpublished: Vec::new(),
+            interrupted: false,
             js,
             pool,
             rules,
@@ -112,7 +123,10 @@ impl Evaluator {
             return Ok(());
         }
         let (js, spec, name) = (self.js.clone(), self.spec.clone(), self.consumer);
-        run_pull_loop(&js, METRICS, name, &spec, &stop, &mut self).await
+        run_pull_loop(&js, METRICS, name, &spec, &stop, &mut self).await?;
+        // One attempt, as `stop` has fired: what is not acked comes back to the next owner.
+        self.publish_and_ack(Vec::new(), &stop).await;
+        Ok(())
     }
 
     /// A sample stored in another partition than its series belongs to (published straight to
@@ -188,26 +202,61 @@ impl Evaluator {
             )
             .await;
             let Some(registered) = registered else {
+                self.interrupted = true;
                 return;
             };
             crate::announce::services_registered(&self.js.client(), &registered).await;
             self.known_services.extend(new_services);
         }
-        self.engine.flush(&mut transitions);
-        if !self.publish(&transitions, &held, shutdown).await {
+        // Openings and resolutions go out now; updates wait for the next tick.
+        self.unacked.extend(held);
+        if !self.publish(&transitions, shutdown).await {
+            self.interrupted = true;
             return;
         }
         self.applied_through = last_seq;
-        ack_all(self.consumer, &held).await;
         telemetry::late_samples(self.engine.take_late());
         telemetry::samples_evaluated(evaluated);
+        if self.unacked.len() >= self.most_unacked() {
+            self.publish_and_ack(Vec::new(), shutdown).await;
+        }
+    }
+
+    /// How many samples may wait for their updates: half of what the server lets the consumer
+    /// hold unacked, so that delivery never stalls on it.
+    fn most_unacked(&self) -> usize {
+        usize::try_from(self.spec.max_ack_pending / 2)
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or(10_000)
+    }
+
+    /// Publishes `transitions` and then an `updated` transition for each open incident that
+    /// changed since the last call, and acks the samples evaluated meanwhile. `false` if shut
+    /// down first.
+    async fn publish_and_ack(
+        &mut self,
+        transitions: Vec<IncidentTransition>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        if self.interrupted {
+            return false;
+        }
+        self.unpublished.extend(transitions);
+        self.engine.flush(&mut self.unpublished);
+        if !self.publish(&self.unpublished, shutdown).await {
+            return false;
+        }
+        self.unpublished.clear();
+        let unacked = std::mem::take(&mut self.unacked);
+        ack_all(self.consumer, &unacked).await;
+        true
     }
 
     /// Publishes transitions, retrying until done; `false` if shut down first.
     async fn publish(
         &self,
         transitions: &[IncidentTransition],
-        held: &[jetstream::Message],
         shutdown: &CancellationToken,
     ) -> bool {
         if transitions.is_empty() {
@@ -219,7 +268,7 @@ impl Evaluator {
             "publish",
             shutdown,
             || publish_transitions(js, transitions),
-            || extend_ack_wait(held),
+            || extend_ack_wait(&self.unacked),
         )
         .await
         .is_some()
@@ -302,6 +351,10 @@ impl BatchHandler for Evaluator {
     }
 
     async fn before_pull(&mut self) -> anyhow::Result<()> {
+        // Samples this process still holds would otherwise look held by a dead one.
+        let stop = CancellationToken::new();
+        stop.cancel();
+        self.publish_and_ack(Vec::new(), &stop).await;
         position_consumer(&self.js, self.consumer, &self.spec, self.applied_through).await
     }
 
@@ -313,19 +366,18 @@ impl BatchHandler for Evaluator {
         )
     }
 
-    /// Lets windows of idle series close and silent series fire `absent` rules.
+    /// Publishes the updates of open incidents, once a second at most, and lets windows of
+    /// idle series close and silent series fire `absent` rules.
     async fn tick(&mut self, shutdown: &CancellationToken) {
         if !self.caught_up {
             self.caught_up = consumer_caught_up(&self.js, self.consumer).await;
-            if !self.caught_up {
-                return;
-            }
         }
         let mut transitions = Vec::new();
-        let now = self.clock_ms();
-        self.engine.tick(now, &mut transitions);
-        self.engine.flush(&mut transitions);
-        self.publish(&transitions, &[], shutdown).await;
+        if self.caught_up {
+            let now = self.clock_ms();
+            self.engine.tick(now, &mut transitions);
+        }
+        self.publish_and_ack(transitions, shutdown).await;
     }
 }
 
