@@ -31,10 +31,15 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start() -> Stack {
-        let dir = tempfile::Builder::new()
+        let mut dir = tempfile::Builder::new()
             .prefix("tracely-test-")
             .tempdir()
             .expect("creating a temp dir");
+        // For a post-mortem: the servers' data and Tracely's logs stay behind.
+        if std::env::var_os("KEEP_TEST_DIRS").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let nats = NatsServer::start(&dir.path().join("nats"))
             .await
             .expect("starting nats-server");
@@ -337,15 +342,34 @@ pub async fn drained_consumers(
     consumers: &[(&str, &str)],
     timeout: Duration,
 ) {
-    eventually("the consumers to drain", timeout, || async {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut busy = Vec::new();
         for &(stream, consumer) in consumers {
-            let stream = js.get_stream(stream).await.ok()?;
-            let info = stream.consumer_info(consumer).await.ok()?;
-            if info.num_pending > 0 || info.num_ack_pending > 0 {
-                return None;
+            let info = match js.get_stream(stream).await {
+                Ok(stream) => stream
+                    .consumer_info(consumer)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match info {
+                Ok(info) if info.num_pending == 0 && info.num_ack_pending == 0 => {}
+                Ok(info) => busy.push(format!(
+                    "{consumer}: {} pending, {} unacked",
+                    info.num_pending, info.num_ack_pending
+                )),
+                Err(e) => busy.push(format!("{consumer}: {e}")),
             }
         }
-        Some(())
-    })
-    .await
+        if busy.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the consumers to drain: {}",
+            busy.join("; ")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
