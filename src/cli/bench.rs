@@ -13,7 +13,8 @@
 //! 3. **Detection latency** at 25%, 50% and 80% of that rate: load is published at a steady
 //!    pace, and probe samples open one incident each, on 100 probe series registered before,
 //!    each cleared just before its next probe. Latency is from a probe's event time, taken as
-//!    it is published, to the insertion of its incident's row, both on this machine's clock.
+//!    it is published, to the commit of its incident's row, seen when `record` announces it
+//!    on the live subjects, both on this machine's clock.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage};
 use async_nats::HeaderMap;
-use chrono::{SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use futures::StreamExt as _;
 use schemas::{headers, Aggregation, MetricSample, Operator, Severity, Span};
 use sqlx::PgPool;
@@ -87,7 +88,7 @@ struct Level {
     target_per_sec: f64,
     achieved_per_sec: f64,
     transitions: u64,
-    probes: i64,
+    probes: usize,
     p50: f64,
     p99: f64,
     p999: f64,
@@ -427,44 +428,50 @@ async fn latency(
     }
     let achieved = sent as f64 / started.elapsed().as_secs_f64();
     drained(js).await?;
-    let (count, p50, p99, p999): (i64, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
-        "SELECT count(*),
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY latency),
-                percentile_cont(0.99) WITHIN GROUP (ORDER BY latency),
-                percentile_cont(0.999) WITHIN GROUP (ORDER BY latency)
-         FROM (SELECT extract(epoch FROM created_at - opened_at)::float8 AS latency
-               FROM incidents WHERE metric_type = $1 AND opened_at >= $2) probes",
-    )
-    .bind(PROBE_METRIC)
-    .bind(since)
-    .fetch_one(pool)
-    .await?;
-    anyhow::ensure!(
-        count as usize == probes,
-        "{probes} probes were published but {count} incidents recorded"
-    );
-    let evaluated = openings.stop();
+    let seen = openings.stop();
     let transitions = transitions(js).await? - transitions_before;
-    let slowest: Vec<(uuid::Uuid, chrono::DateTime<Utc>, f64, f64)> = sqlx::query_as(
-        "SELECT id, opened_at, extract(epoch FROM opened_at - $2)::float8,
-                extract(epoch FROM created_at - opened_at)::float8 AS latency
-         FROM incidents WHERE metric_type = $1 AND opened_at >= $2
-         ORDER BY latency DESC LIMIT 8",
+    let rows: Vec<(uuid::Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT id, opened_at, created_at FROM incidents WHERE metric_type = $1 AND opened_at >= $2",
     )
     .bind(PROBE_METRIC)
     .bind(since)
     .fetch_all(pool)
     .await?;
-    let slowest: Vec<String> = slowest
+    anyhow::ensure!(
+        rows.len() == probes,
+        "{probes} probes were published but {} incidents recorded",
+        rows.len()
+    );
+    // Committed when record announced it; its row's insertion time if that was missed.
+    let mut unannounced = 0;
+    let mut probed: Vec<Probe> = rows
         .iter()
-        .map(|(id, opened_at, at, latency)| {
-            let evaluated = evaluated.get(id).map_or_else(
-                || "?".to_owned(),
-                |seen| format!("{}", (*seen - *opened_at).num_milliseconds()),
-            );
+        .map(|(id, opened_at, created_at)| {
+            let committed = seen.committed.get(id).copied().unwrap_or_else(|| {
+                unannounced += 1;
+                *created_at
+            });
+            Probe {
+                latency: seconds(committed - *opened_at),
+                at: seconds(*opened_at - since),
+                to_incidents: seen.published.get(id).map(|p| seconds(*p - *opened_at)),
+            }
+        })
+        .collect();
+    probed.sort_by(|a, b| a.latency.total_cmp(&b.latency));
+    let latencies: Vec<f64> = probed.iter().map(|p| p.latency).collect();
+    let slowest: Vec<String> = probed
+        .iter()
+        .rev()
+        .take(8)
+        .map(|p| {
+            let to_incidents = p
+                .to_incidents
+                .map_or_else(|| "?".to_owned(), |s| format!("{:.0}", s * 1000.0));
             format!(
-                "{:.0} ms ({evaluated} ms to INCIDENTS) at +{at:.2} s",
-                latency * 1000.0
+                "{:.0} ms ({to_incidents} ms to INCIDENTS) at +{:.2} s",
+                p.latency * 1000.0,
+                p.at
             )
         })
         .collect();
@@ -472,48 +479,106 @@ async fn latency(
         "    {transitions} transitions; slowest probes: {}",
         slowest.join(", ")
     );
+    if unannounced > 0 {
+        println!(
+            "    {unannounced} commits were not announced; their rows' insertion times were used"
+        );
+    }
     Ok(Level {
         percent,
         target_per_sec: target,
         achieved_per_sec: achieved,
         transitions,
-        probes: count,
-        p50: p50.unwrap_or_default(),
-        p99: p99.unwrap_or_default(),
-        p999: p999.unwrap_or_default(),
+        probes: latencies.len(),
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        p999: percentile(&latencies, 0.999),
     })
 }
 
-/// When each opening reached INCIDENTS, by incident id: splits a slow probe's latency into
-/// evaluation and recording.
+/// One probe's detection latency, when it was published in the level, and how long its
+/// opening took to reach INCIDENTS, all in seconds.
+struct Probe {
+    latency: f64,
+    at: f64,
+    to_incidents: Option<f64>,
+}
+
+fn seconds(d: chrono::TimeDelta) -> f64 {
+    d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
+}
+
+/// The `q` quantile of sorted values, interpolated between the nearest two.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let Some(last) = sorted.len().checked_sub(1) else {
+        return 0.0;
+    };
+    let rank = q * last as f64;
+    let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[low] + (sorted[high] - sorted[low]) * (rank - low as f64)
+}
+
+/// Per incident id, when its opening reached INCIDENTS and when `record` announced its row
+/// committed: splits a probe's latency into evaluation and recording.
 struct Openings {
-    seen: Arc<Mutex<HashMap<uuid::Uuid, chrono::DateTime<Utc>>>>,
-    watching: tokio::task::JoinHandle<()>,
+    seen: Arc<Mutex<Seen>>,
+    watching: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Seen {
+    published: HashMap<uuid::Uuid, DateTime<Utc>>,
+    committed: HashMap<uuid::Uuid, DateTime<Utc>>,
 }
 
 impl Openings {
     async fn watch(js: &jetstream::Context) -> anyhow::Result<Openings> {
-        let mut openings = js
-            .client()
+        let client = js.client();
+        let mut published = client
             .subscribe(schemas::subject::incidents_subject("*", "opened"))
             .await?;
-        let seen = Arc::new(Mutex::new(HashMap::new()));
+        let mut committed = client
+            .subscribe(format!("{}.*", schemas::live::INCIDENTS))
+            .await?;
+        let seen = Arc::new(Mutex::new(Seen::default()));
         let into = seen.clone();
-        let watching = tokio::spawn(async move {
-            while let Some(msg) = openings.next().await {
+        let publishing = tokio::spawn(async move {
+            while let Some(msg) = published.next().await {
                 let at = Utc::now();
                 if let Ok(t) = schemas::IncidentTransition::from_msgpack(&msg.payload) {
-                    into.lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(t.incident.id, at);
+                    let mut seen = into.lock().unwrap_or_else(PoisonError::into_inner);
+                    seen.published.insert(t.incident.id, at);
                 }
             }
         });
-        Ok(Openings { seen, watching })
+        let into = seen.clone();
+        let committing = tokio::spawn(async move {
+            let probes = format!("{}.probe-", schemas::live::INCIDENTS);
+            while let Some(msg) = committed.next().await {
+                let at = Utc::now();
+                if !msg.subject.starts_with(probes.as_str()) {
+                    continue;
+                }
+                if let Ok(changed) =
+                    serde_json::from_slice::<schemas::live::IncidentChanged>(&msg.payload)
+                {
+                    if changed.kind == "opened" {
+                        let mut seen = into.lock().unwrap_or_else(PoisonError::into_inner);
+                        seen.committed.entry(changed.id).or_insert(at);
+                    }
+                }
+            }
+        });
+        Ok(Openings {
+            seen,
+            watching: vec![publishing, committing],
+        })
     }
 
-    fn stop(self) -> HashMap<uuid::Uuid, chrono::DateTime<Utc>> {
-        self.watching.abort();
+    fn stop(self) -> Seen {
+        for task in &self.watching {
+            task.abort();
+        }
         std::mem::take(&mut *self.seen.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
@@ -535,7 +600,7 @@ impl Report {
              | Tracely: publish, evaluate, record ({} incidents from {} transitions) | {:.0} | {:.0}% |\n\n\
              Target: at least 50% of raw JetStream: {}.\n\n\
              Detection latency, from a probe sample's event time (taken as it is published) to\n\
-             the insertion of its incident's row, at a steady load:\n\n\
+             the commit of its incident's row (seen as `record` announces it), at a steady load:\n\n\
              | load | samples/s asked | sent | transitions | probes | p50 | p99 | p99.9 |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|\n",
             args.samples,
