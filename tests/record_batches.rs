@@ -150,18 +150,14 @@ async fn a_merged_batch_writes_what_one_at_a_time_writes() {
     let (single, single_rules) = database(&postgres, "single", &rules).await;
     let (batched, batched_rules) = database(&postgres, "batched", &rules).await;
     // The rules get new ids in each database; the transitions use the first's.
-    sqlx::query("UPDATE rules SET id = $1 WHERE id = $2")
-        .bind(single_rules[0])
-        .bind(batched_rules[0])
-        .execute(&batched)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE rules SET id = $1 WHERE id = $2")
-        .bind(single_rules[1])
-        .bind(batched_rules[1])
-        .execute(&batched)
-        .await
-        .unwrap();
+    for (single_id, batched_id) in single_rules.iter().zip(&batched_rules) {
+        sqlx::query("UPDATE rules SET id = $1 WHERE id = $2")
+            .bind(single_id)
+            .bind(batched_id)
+            .execute(&batched)
+            .await
+            .unwrap();
+    }
 
     let mut rng = Lcg(7);
     let mut transitions = Vec::new();
