@@ -14,7 +14,8 @@ endif
 endif
 endif
 
-# The fault-injection cases mostly wait out their faults, so they run four at a time.
+# The fault-injection cases mostly wait out their faults, so they run four at a time, as do the
+# other integration tests, which mostly wait on their own servers.
 FAULTS := cargo test --test faults -- --test-threads 4 injected_fault::
 
 .PHONY: help deps e2e-deps build run test test-faults e2e lint fmt clean
@@ -37,7 +38,7 @@ run: deps ## Run the local stack (`tracely dev`); pass options with ARGS=...
 test: deps e2e-deps ## Check formatting and lints, then run every test
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo test --workspace --all-targets -- --skip injected_fault::
+	cargo test --workspace --all-targets -- --skip injected_fault:: --test-threads 4
 	$(FAULTS)
 
 test-faults: deps ## Run the fault-injection suite alone (also part of `make test`)
