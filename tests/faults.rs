@@ -689,11 +689,17 @@ mod injected_fault {
         );
     }
 
+    const DEDUP_WINDOW_SECS: u64 = 20;
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn duplicate_publishes_inside_and_outside_the_dedup_window() {
-        // A short duplicate window, so that publishing again "outside" it is quick.
+        // A shorter duplicate window, so that publishing again "outside" it is quick. It must
+        // still outlast publishing the first half twice on a machine busy with other cases.
         let dir = tempfile::tempdir().unwrap();
-        let topology = topology(&[("duplicate_window_secs = 120", "duplicate_window_secs = 2")]);
+        let topology = topology(&[(
+            "duplicate_window_secs = 120",
+            &format!("duplicate_window_secs = {DEDUP_WINDOW_SECS}"),
+        )]);
         let path = dir.path().join("topology.toml");
         std::fs::write(&path, topology).unwrap();
         let env = vec![("TRACELY_TOPOLOGY".to_owned(), path.display().to_string())];
@@ -710,7 +716,7 @@ mod injected_fault {
             .unwrap();
         assert_eq!(again.duplicates, first.len(), "{again:?}");
         // Outside it the stream stores them again; the evaluator must not count them twice.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(DEDUP_WINDOW_SECS + 1)).await;
         let later = api::publish::publish_samples(&case.js, &first[5_000..])
             .await
             .unwrap();
