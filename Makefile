@@ -43,10 +43,10 @@ test: deps e2e-deps ## Check formatting and lints, then run every test
 
 test-faults: deps ## Run the fault-injection suite alone (also part of `make test`)
 	$(FAULTS)
-	cargo test --test backfills_api -- a_job_killed_with_its_process
+	cargo test --test integration -- backfills_api::a_job_killed_with_its_process
 
 e2e: deps e2e-deps ## Run only the dashboard's browser test; screenshots go to target/e2e-artifacts/
-	cargo test --test dashboard_e2e -- --nocapture
+	cargo test --test integration -- dashboard_e2e:: --nocapture
 
 lint: ## Check formatting and lints
 	cargo fmt --all --check

@@ -1,11 +1,9 @@
 //! Windowed rules over the API and through the whole pipeline.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{drained, publish, sample, App, Stack};
 use serde_json::{json, Value};
-use support::{drained, publish, sample, App, Stack};
 
 const WAIT: Duration = Duration::from_secs(20);
 

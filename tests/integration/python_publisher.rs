@@ -2,14 +2,12 @@
 //! MessagePack and JSON samples must open the same incidents as the seed case. Needs python3 with
 //! nats-py and msgpack; without them the tests are skipped loudly, unless `CI` is set.
 
-mod support;
-
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use support::{drained, App, Stack};
+use crate::support::{drained, App, Stack};
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -2,15 +2,13 @@
 //! with only addresses and directories made local, form a cluster that Tracely runs on with
 //! every stream replicated three times, and the pipeline keeps working when a node dies.
 
-mod support;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::{eventually, sample, App, Stack};
 use chrono::{SubsecRound, Utc};
 use serde_json::json;
-use support::{eventually, sample, App, Stack};
 use tokio::process::{Child, Command};
 use tracely::config::Role;
 use tracely::devstack::free_port;
@@ -123,7 +121,7 @@ async fn tracely_runs_on_the_three_node_cluster_and_survives_losing_a_node() {
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let now = || Utc::now().trunc_subsecs(3).to_rfc3339();
-    support::publish(&js, &[sample("before", "LATENCY_MS", 900.0, &now())]).await;
+    crate::support::publish(&js, &[sample("before", "LATENCY_MS", 900.0, &now())]).await;
     eventually("the first incident", PATIENCE, || async {
         (app.incidents("").await.len() == 1).then_some(())
     })

@@ -1,12 +1,10 @@
 //! The JetStream topology is applied idempotently, and a changed setting in the file updates
 //! the running stream and consumer on the next start.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{App, Stack};
 use consumers::topology::{self, Topology, BUILT_IN};
-use support::{App, Stack};
 use tracely::config::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

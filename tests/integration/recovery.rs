@@ -2,14 +2,12 @@
 //! messages a dead process held come back in order at once, and episodes that were published
 //! but not yet recorded are found in the INCIDENTS stream.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{drained, evaluate_consumer_of, eventually, publish, sample, App, Stack};
 use futures::StreamExt;
 use schemas::{Operator, Severity};
 use store::rules::NewRule;
-use support::{drained, evaluate_consumer_of, eventually, publish, sample, App, Stack};
 use tracely::config::Role;
 
 async fn prepare(stack: &Stack) {

@@ -1,11 +1,9 @@
 //! Who may do what: keys and roles (401, 403), rate limits (429 with Retry-After), body limits
 //! (413), CORS, the open routes, and the key endpoints themselves.
 
-mod support;
-
+use crate::support::{client_with_key, decode, App, KeyRole, Stack};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::{client_with_key, decode, App, KeyRole, Stack};
 use tracely::config::{HttpConfig, Role};
 
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {

@@ -2,15 +2,13 @@
 //! from `/api/openapi.json` for every operation and checks that no response is a 5xx and none
 //! contradicts the document (status, content type, headers, body schema).
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::{eventually, publish, sample, App, Stack};
 use serde_json::{json, Value};
 use store::notifications::NewNotification;
-use support::{eventually, publish, sample, App, Stack};
 use tracely::config::{HttpConfig, Role};
 
 /// The schemathesis CLI: on PATH, or where pip puts scripts.

@@ -3,13 +3,11 @@
 //! from Postgres. (Nothing here stands in for Meilisearch: the configured address has no
 //! server at all. The tests against a real Meilisearch are in tests/search_meili.rs.)
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{eventually, publish, sample, App, Stack};
 use serde_json::json;
 use store::search::meili::MeiliConfig;
-use support::{eventually, publish, sample, App, Stack};
 use tracely::config::Role;
 
 #[tokio::test]

@@ -1,16 +1,14 @@
 //! Dead letters as an operator meets them: what each carries, `tracely deadletter list` and
 //! `show`, and `replay` re-driving a message to the one consumer that gave up on it.
 
-mod support;
-
 use std::process::Output;
 use std::time::Duration;
 
+use crate::support::{eventually, sample, App, Stack};
 use async_nats::jetstream;
 use async_nats::HeaderMap;
 use chrono::{SubsecRound, Utc};
 use serde_json::json;
-use support::{eventually, sample, App, Stack};
 use tokio::process::Command;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -77,7 +75,7 @@ async fn dead_letters_are_listed_shown_and_re_driven_to_their_consumer_only() {
         .unwrap();
     let poison_seq = ack.sequence;
     // The stream stores it under its series' partition, read by that partition's consumer.
-    let evaluate = support::evaluate_consumer_of("web", "LATENCY_MS");
+    let evaluate = crate::support::evaluate_consumer_of("web", "LATENCY_MS");
     let stored = format!("metrics.web.LATENCY_MS.{}", &evaluate["evaluate-".len()..]);
     let found = eventually("two dead letters", PATIENCE, || async {
         let found = letters(&js).await;
@@ -161,7 +159,7 @@ async fn dead_letters_are_listed_shown_and_re_driven_to_their_consumer_only() {
     })
     .await;
     assert_eq!(header(&again.1, "Tracely-Consumer"), evaluate);
-    support::drained(&js, PATIENCE).await;
+    crate::support::drained(&js, PATIENCE).await;
     let remaining = letters(&js).await;
     assert_eq!(
         remaining.len(),
@@ -209,7 +207,7 @@ async fn dead_letters_are_listed_shown_and_re_driven_to_their_consumer_only() {
     .await;
     assert_eq!(incidents.len(), 1);
     assert_eq!(incidents[0]["value"], 900.0);
-    support::drained(&js, PATIENCE).await;
+    crate::support::drained(&js, PATIENCE).await;
     let (_, archived) = app.get("/api/metrics?service_id=web").await;
     assert_eq!(
         archived["meta"]["total"], 0,

@@ -3,13 +3,11 @@
 //! message or details name the offending field. Every test runs its own nats-server and
 //! Postgres.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{App, Stack};
 use reqwest::Method;
 use serde_json::{json, Value};
-use support::{App, Stack};
 use tracely::config::Role;
 use uuid::Uuid;
 

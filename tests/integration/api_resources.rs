@@ -1,13 +1,11 @@
 //! The resource endpoints: departments, notifications, rule lists and statistics, and the
 //! incident list's filters, sorting and pagination.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{decode, eventually, publish, sample, App, KeyRole, Stack};
 use serde_json::{json, Value};
 use store::notifications::NewNotification;
-use support::{decode, eventually, publish, sample, App, KeyRole, Stack};
 use uuid::Uuid;
 
 async fn delete(app: &App, path: &str) -> (u16, Value) {

@@ -2,13 +2,12 @@
 //! receiver that records every request and answers as each test tells it to: succeed, fail
 //! with a status, or hang.
 
-mod support;
-
 use std::collections::{HashMap, VecDeque};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{eventually, publish, sample, App, Stack};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -17,7 +16,6 @@ use axum::Router;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
-use support::{eventually, publish, sample, App, Stack};
 use tracely::config::Role;
 
 const SECRET: &str = "a-secret-of-some-length";

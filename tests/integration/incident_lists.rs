@@ -2,14 +2,10 @@
 //! an index, for the page and for its total, and a typical search is served by the full-text
 //! index. Timings are in the `incident_lists` benchmark.
 
-#[path = "fixtures/seed.rs"]
-mod seed;
-mod support;
-
+use crate::support::Stack;
 use serde_json::Value;
 use store::incidents::DEFAULT_SORT;
 use store::Page;
-use support::Stack;
 
 /// Every scan and sort node in a plan, as (node type, relation or index).
 fn scans(plan: &Value, found: &mut Vec<(String, String)>) {
@@ -31,7 +27,7 @@ async fn every_incident_filter_is_served_by_an_index() {
     let stack = Stack::start().await;
     let pool = stack.pool().await;
     store::migrate(&pool).await.unwrap();
-    seed::seed_incidents(&pool, 100_000)
+    crate::seed::seed_incidents(&pool, 100_000)
         .await
         .expect("seeding incidents");
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM incidents")
@@ -40,7 +36,9 @@ async fn every_incident_filter_is_served_by_an_index() {
         .unwrap();
     assert_eq!(total, 100_000);
 
-    let filters = seed::filters(&pool).await.expect("reading fixture ids");
+    let filters = crate::seed::filters(&pool)
+        .await
+        .expect("reading fixture ids");
     for (name, filter) in &filters {
         let plans = store::incidents::list_plans(&pool, filter, DEFAULT_SORT, Page::default())
             .await
@@ -89,7 +87,7 @@ async fn a_typical_search_is_served_by_the_full_text_index() {
     let stack = Stack::start().await;
     let pool = stack.pool().await;
     store::migrate(&pool).await.unwrap();
-    seed::seed_incidents(&pool, 100_000)
+    crate::seed::seed_incidents(&pool, 100_000)
         .await
         .expect("seeding incidents");
 

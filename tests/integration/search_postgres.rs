@@ -3,13 +3,11 @@
 //! pagination, HTML-safe highlights, comments and service names that change, and the
 //! documented lack of typo tolerance. Incidents are opened through the pipeline.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::support::{decode, eventually, publish, sample, App, KeyRole, Stack};
 use serde_json::{json, Value};
-use support::{decode, eventually, publish, sample, App, KeyRole, Stack};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -2,15 +2,13 @@
 //! the timeline, and how each change reaches the INCIDENTS stream through the outbox, even
 //! when NATS is down while it is made. Every test runs its own nats-server and Postgres.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{decode, drained, eventually, publish, sample, App, KeyRole, Stack};
 use async_nats::jetstream::{self, consumer::pull};
 use futures::StreamExt;
 use schemas::{ActivityKind, IncidentActivity};
 use serde_json::{json, Value};
-use support::{decode, drained, eventually, publish, sample, App, KeyRole, Stack};
 
 const WAIT: Duration = Duration::from_secs(30);
 

@@ -1,14 +1,12 @@
 //! The spine end to end: samples on METRICS become incidents in Postgres, served by the API.
 //! Every test runs its own nats-server and Postgres.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{drained, publish, sample, App, Stack};
 use async_nats::jetstream::message::PublishMessage;
 use futures::StreamExt;
 use serde_json::json;
-use support::{drained, publish, sample, App, Stack};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -289,7 +287,7 @@ async fn poison_messages_are_dead_lettered_and_later_samples_still_count() {
     );
     let partition_of = |subject: &str| {
         let (service, metric, _) = schemas::subject::parse_stored_metrics_subject(subject).unwrap();
-        support::evaluate_consumer_of(service, metric)
+        crate::support::evaluate_consumer_of(service, metric)
     };
     for letter in &evaluate {
         assert_eq!(letter.0, partition_of(&letter.2), "{letter:?}");

@@ -1,13 +1,11 @@
 //! What the dashboard reads: `/api/stream` (server-sent events fed from NATS), `/api/overview`
 //! and `/api/pipeline`, against real nats-server and Postgres.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{client_with_key, publish, sample, App, Stack};
 use chrono::{SubsecRound, Utc};
 use serde_json::{json, Value};
-use support::{client_with_key, publish, sample, App, Stack};
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -336,7 +334,7 @@ async fn the_event_stream_follows_incidents_notifications_rules_and_samples() {
 }
 
 async fn eventually_overview(app: &App, ready: impl Fn(&Value) -> bool) -> Value {
-    support::eventually("the overview", PATIENCE, || async {
+    crate::support::eventually("the overview", PATIENCE, || async {
         let (status, overview) = app.get("/api/overview").await;
         assert_eq!(status, 200, "{overview}");
         let has_tiles = overview["data"]["services"].as_array()?.len() == 2;
@@ -401,8 +399,9 @@ async fn bad_stream_requests_get_clear_errors() {
         (&me["data"]["role"], &me["data"]["name"]),
         (&json!("admin"), &json!("test-admin"))
     );
-    let viewer = app.client(support::KeyRole::Viewer).await;
-    let (status, me) = support::decode(viewer.get(app.url("/api/me")).send().await.unwrap()).await;
+    let viewer = app.client(crate::support::KeyRole::Viewer).await;
+    let (status, me) =
+        crate::support::decode(viewer.get(app.url("/api/me")).send().await.unwrap()).await;
     assert_eq!(status, 200);
     assert_eq!(me["data"]["role"], "viewer");
     app.stop().await;

@@ -2,13 +2,11 @@
 //! `active` filter) and `store::silences::covering`, which the notifier asks before sending.
 //! Every test runs its own nats-server and Postgres.
 
-mod support;
-
+use crate::support::{decode, App, KeyRole, Stack};
 use chrono::{DateTime, Duration, DurationRound, SecondsFormat, Utc};
 use schemas::Severity;
 use serde_json::{json, Value};
 use store::silences::{NewSilence, Recurrence, SilenceMatch};
-use support::{decode, App, KeyRole, Stack};
 use uuid::Uuid;
 
 fn rfc(t: DateTime<Utc>) -> String {

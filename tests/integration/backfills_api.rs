@@ -2,18 +2,16 @@
 //! background and writes the incidents found; `GET` follows it; a job whose process died is
 //! reported interrupted and can be resumed, with the same incidents as a run never interrupted.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration as StdDuration;
 
+use crate::support::{client_with_key, decode, eventually, publish, App, KeyRole, Stack};
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use schemas::{MetricSample, Operator, Severity};
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 use store::rules::NewRule;
-use support::{client_with_key, decode, eventually, publish, App, KeyRole, Stack};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -468,7 +466,7 @@ async fn a_job_killed_with_its_process_is_interrupted_and_resumes_to_the_same_in
     let stack = Stack::start().await;
     let pool = stack.pool().await;
     store::migrate(&pool).await.unwrap();
-    let key = support::key(&pool, KeyRole::Admin).await;
+    let key = crate::support::key(&pool, KeyRole::Admin).await;
     let rule = store::rules::insert(
         &pool,
         &NewRule {

@@ -2,14 +2,12 @@
 //! (`/api/departments/{id}/channels`) and the extra departments a rule notifies
 //! (`extra_department_ids`), plus what the notifier reads back from the store.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{decode, App, KeyRole, Stack};
 use schemas::Severity;
 use serde_json::{json, Value};
 use store::channels::{Channel, ChannelKind};
-use support::{decode, App, KeyRole, Stack};
 use tracely::config::Role;
 use uuid::Uuid;
 

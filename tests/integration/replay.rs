@@ -3,17 +3,15 @@
 //! it changes nothing, a dry run writes nothing, a replay over what the live pipeline already
 //! saw duplicates none of its incidents, and bad ranges get clear errors.
 
-mod support;
-
 use std::process::Output;
 use std::time::Duration;
 
+use crate::support::{drained, incidents_stream_last, publish, App, Stack};
 use async_nats::jetstream;
 use chrono::{DateTime, Duration as Span, DurationRound, Utc};
 use schemas::MetricSample;
 use serde_json::json;
 use sqlx::PgPool;
-use support::{drained, incidents_stream_last, publish, App, Stack};
 use tokio::process::Command;
 use tracely::config::Role;
 
@@ -472,7 +470,7 @@ async fn backfilled_incidents_notify_only_when_asked() {
             .unwrap();
     assert!(loud_incidents >= 4, "two episodes for each of two services");
     // Each backfilled incident with --notify is announced in the app when it opens.
-    support::eventually(
+    crate::support::eventually(
         "in-app notifications of the --notify backfill",
         Duration::from_secs(30),
         || {

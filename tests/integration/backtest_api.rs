@@ -2,12 +2,10 @@
 //! samples already in METRICS and answer the incidents it would have opened, with chart series,
 //! without writing anything.
 
-mod support;
-
+use crate::support::{incidents_stream_last, publish, App, KeyRole, Stack};
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use schemas::MetricSample;
 use serde_json::{json, Value};
-use support::{incidents_stream_last, publish, App, KeyRole, Stack};
 
 /// Two hours ago, to the hour: the samples fall inside the default range (the last 24 h).
 fn start() -> DateTime<Utc> {

@@ -1,11 +1,9 @@
 //! The `tracely` command line as a user meets it: migrate, publish with bad lines, and the
 //! errors for bad configuration.
 
-mod support;
-
 use std::process::Output;
 
-use support::Stack;
+use crate::support::Stack;
 use tokio::process::Command;
 
 fn tracely() -> Command {

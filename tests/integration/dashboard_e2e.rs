@@ -4,13 +4,11 @@
 //! notification, failing on any browser console error. Screenshots of each page are left in
 //! `target/e2e-artifacts/dashboard/`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::{App, Stack};
+use crate::support::{App, Stack};
 
 /// The whole walk through the pages takes well under a minute; this only stops a hung browser.
 const LIMIT: Duration = Duration::from_secs(300);

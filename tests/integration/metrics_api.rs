@@ -3,15 +3,13 @@
 //! charts come from the rollups and agree with the raw samples, and services show how each of
 //! their metrics is doing.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{drained, publish, sample, App, KeyRole, Stack};
 use chrono::{DateTime, Utc};
 use schemas::MetricSample;
 use serde_json::{json, Value};
-use support::{drained, publish, sample, App, KeyRole, Stack};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -146,7 +144,7 @@ async fn archive_stores_each_sample_once_and_the_api_serves_it() {
     let metrics = js.get_stream("METRICS").await.unwrap();
     metrics.delete_consumer("archive").await.unwrap();
     let app = App::start(&stack).await;
-    support::eventually("the archive to re-read the stream", WAIT, || async {
+    crate::support::eventually("the archive to re-read the stream", WAIT, || async {
         let info = metrics.consumer_info("archive").await.ok()?;
         (info.delivered.stream_sequence == 6 && info.num_ack_pending == 0).then_some(())
     })
