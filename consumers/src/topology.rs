@@ -22,8 +22,9 @@ pub const DEADLETTER: &str = "DEADLETTER";
 pub const DELIVERIES: &str = "DELIVERIES";
 /// The KV bucket holding the evaluators' partition leases.
 pub const LEASES_BUCKET: &str = "tracely_evaluate_leases";
-/// The consumer spec that each partition's evaluate consumer is made from.
-pub const EVALUATE: &str = "evaluate";
+/// The consumer spec that each partition's evaluate consumer is made from, and how a
+/// partition's consumer is named.
+pub use schemas::subject::{evaluate_consumer, evaluate_partition, EVALUATE};
 /// The most partitions METRICS may be split into.
 pub const MAX_PARTITIONS: u32 = 1024;
 
@@ -257,20 +258,6 @@ impl Topology {
         spec.filter_subjects = vec![schemas::subject::metrics_partition_filter(partition)];
         spec
     }
-}
-
-/// The name of partition `partition`'s evaluate consumer: `evaluate-<partition>`.
-pub fn evaluate_consumer(partition: u32) -> String {
-    format!("{EVALUATE}-{partition}")
-}
-
-/// The partition an evaluate consumer's name stands for.
-pub fn evaluate_partition(consumer: &str) -> Option<u32> {
-    consumer
-        .strip_prefix(EVALUATE)?
-        .strip_prefix('-')?
-        .parse()
-        .ok()
 }
 
 impl StreamSpec {

@@ -104,6 +104,24 @@ pub fn metrics_partition_filter(partition: u32) -> String {
     format!("{METRICS_PREFIX}.*.*.{partition}")
 }
 
+/// The evaluate consumers, one per partition, are named after it; dashboards and dead letters
+/// show them as one `evaluate`.
+pub const EVALUATE: &str = "evaluate";
+
+/// The name of partition `partition`'s evaluate consumer: `evaluate-<partition>`.
+pub fn evaluate_consumer(partition: u32) -> String {
+    format!("{EVALUATE}-{partition}")
+}
+
+/// The partition an evaluate consumer's name stands for.
+pub fn evaluate_partition(consumer: &str) -> Option<u32> {
+    consumer
+        .strip_prefix(EVALUATE)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
+}
+
 pub fn incidents_subject(service_id: &str, kind: &str) -> String {
     format!("{INCIDENTS_PREFIX}.{service_id}.{kind}")
 }

@@ -75,9 +75,8 @@ impl Meter {
                 continue;
             };
             // The partitions' consumers, `evaluate-<n>`, are shown as one `evaluate`.
-            let partition = lag.name.strip_prefix("evaluate-");
-            if partition.is_some_and(|n| n.parse::<u32>().is_ok()) {
-                lag.name = "evaluate".to_owned();
+            if schemas::subject::evaluate_partition(&lag.name).is_some() {
+                lag.name = schemas::subject::EVALUATE.to_owned();
                 if let Some(sum) = consumers.iter_mut().find(|c| c.name == lag.name) {
                     sum.pending += lag.pending;
                     sum.ack_pending += lag.ack_pending;
