@@ -156,6 +156,12 @@ pub trait BatchHandler {
     fn tick_phase(&self) -> Duration {
         Duration::ZERO
     }
+
+    /// Whether the handler reports how long each batch took itself, because
+    /// [`handle`](BatchHandler::handle) returns before the batch is done.
+    fn times_batches(&self) -> bool {
+        false
+    }
 }
 
 /// Pulls batches from the durable consumer `name` on `stream` and hands them to `handler` until
@@ -236,7 +242,9 @@ pub async fn run_pull_loop(
                 telemetry::messages_redelivered(name, redelivered);
                 let started = Instant::now();
                 handler.handle(received, shutdown).await;
-                telemetry::batch_duration(name, started.elapsed().as_secs_f64());
+                if !handler.times_batches() {
+                    telemetry::batch_duration(name, started.elapsed().as_secs_f64());
+                }
             }
             if !healthy {
                 break;
@@ -301,12 +309,17 @@ async fn next_batch(
 ) -> Option<Vec<Result<jetstream::Message, pull::MessagesError>>> {
     let first = messages.next().await?;
     let mut batch = vec![first];
-    while batch.len() < max {
-        match messages.next().now_or_never() {
-            Some(Some(item)) => batch.push(item),
-            _ => break,
+    // Outside tokio's cooperative budget, which would otherwise report the stream empty after
+    // 128 polls and cut every batch there, however much is waiting.
+    tokio::task::unconstrained(async {
+        while batch.len() < max {
+            match messages.next().now_or_never() {
+                Some(Some(item)) => batch.push(item),
+                _ => break,
+            }
         }
-    }
+    })
+    .await;
     Some(batch)
 }
 

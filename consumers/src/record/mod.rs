@@ -4,14 +4,21 @@
 //! deterministic ids, so a redelivered, duplicated or reordered transition changes nothing.
 //! If a batch hits a permanent database error, its messages are applied one by one so only the
 //! offending ones are dead-lettered.
+//!
+//! Up to [`IN_FLIGHT`] batches are applied at once, each in its own transaction, as separate
+//! `record` processes would: an opening pulled while a burst of updates is being committed does
+//! not wait for that commit. Rows are locked in id order, so concurrent batches never deadlock.
 
 pub mod handler;
 
 use async_nats::jetstream;
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
 
 use schemas::{live, IncidentTransition, TransitionKind};
 use sqlx::PgPool;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::is_transient_db_error;
@@ -24,7 +31,16 @@ use crate::topology::{ConsumerSpec, Topology, INCIDENTS};
 
 pub const CONSUMER: &str = "record";
 
+/// Batches applied at once, each holding a database connection.
+pub const IN_FLIGHT: usize = 2;
+
 pub struct Recorder {
+    batches: Arc<Batches>,
+    in_flight: JoinSet<()>,
+}
+
+/// What applying a batch needs, shared by the batches in flight.
+struct Batches {
     js: jetstream::Context,
     pool: PgPool,
     spec: ConsumerSpec,
@@ -34,18 +50,37 @@ pub struct Recorder {
 impl Recorder {
     pub fn new(js: jetstream::Context, pool: PgPool, topology: &Topology) -> Recorder {
         Recorder {
-            dead_letters: DeadLetters::new(js.clone(), CONSUMER),
-            spec: topology.consumer(CONSUMER).clone(),
-            js,
-            pool,
+            batches: Arc::new(Batches {
+                dead_letters: DeadLetters::new(js.clone(), CONSUMER),
+                spec: topology.consumer(CONSUMER).clone(),
+                js,
+                pool,
+            }),
+            in_flight: JoinSet::new(),
         }
     }
 
+    /// Records until `shutdown` fires, then finishes the batches in flight.
     pub async fn run_until_stopped(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let (js, spec) = (self.js.clone(), self.spec.clone());
-        run_pull_loop(&js, INCIDENTS, CONSUMER, &spec, &shutdown, &mut self).await
+        let (js, spec) = (self.batches.js.clone(), self.batches.spec.clone());
+        let pulled = run_pull_loop(&js, INCIDENTS, CONSUMER, &spec, &shutdown, &mut self).await;
+        while let Some(done) = self.in_flight.join_next().await {
+            finished(done);
+        }
+        pulled
     }
+}
 
+/// Lets a batch's panic stop the consumer, as it would have without the task around it.
+fn finished(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+}
+
+impl Batches {
     async fn handle_batch(&self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
         let mut held = Vec::with_capacity(batch.len());
         let mut transitions = Vec::with_capacity(batch.len());
@@ -176,8 +211,26 @@ fn observe_detection(opened: &[chrono::DateTime<chrono::Utc>]) {
 }
 
 impl BatchHandler for Recorder {
+    /// Starts applying the batch once fewer than [`IN_FLIGHT`] are, and returns.
     async fn handle(&mut self, batch: Vec<jetstream::Message>, shutdown: &CancellationToken) {
-        self.handle_batch(batch, shutdown).await;
+        while self.in_flight.len() >= IN_FLIGHT {
+            if let Some(done) = self.in_flight.join_next().await {
+                finished(done);
+            }
+        }
+        while let Some(done) = self.in_flight.try_join_next() {
+            finished(done);
+        }
+        let (batches, shutdown) = (self.batches.clone(), shutdown.clone());
+        self.in_flight.spawn(async move {
+            let started = Instant::now();
+            batches.handle_batch(batch, &shutdown).await;
+            telemetry::batch_duration(CONSUMER, started.elapsed().as_secs_f64());
+        });
+    }
+
+    fn times_batches(&self) -> bool {
+        true
     }
 }
 
