@@ -15,8 +15,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const LOG_FILE: &str = "nats-server.log";
 const PID_FILE: &str = "nats-server.pid";
+const CONFIG_FILE: &str = "nats-server.conf";
+/// The server's settings; the command line adds address, port and store.
+const CONFIG: &str = include_str!("../../nats/single-node.conf");
 
-/// A `nats-server -js` child process listening on 127.0.0.1.
+/// A `nats-server -js` child process listening on 127.0.0.1, configured by
+/// `nats/single-node.conf`.
 ///
 /// Output goes to `STORE_DIR/nats-server.log`; JetStream data to
 /// `STORE_DIR/jetstream`. The process is killed when this is dropped.
@@ -71,7 +75,13 @@ impl NatsServer {
         let log_path = store_dir.join(LOG_FILE);
         let (log, offset) = open_log(&log_path).map_err(fatal)?;
         let stderr = log.try_clone().map_err(|e| fatal(e.into()))?;
+        let config = store_dir.join(CONFIG_FILE);
+        std::fs::write(&config, CONFIG)
+            .with_context(|| format!("writing {}", config.display()))
+            .map_err(fatal)?;
         let mut child = Command::new(&bin)
+            .arg("-c")
+            .arg(&config)
             .arg("-js")
             .arg("-sd")
             .arg(&store_dir)
