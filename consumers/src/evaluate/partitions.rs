@@ -13,7 +13,9 @@
 //!   time, is stopped at once.
 //!
 //! A process that dies stops renewing; its leases expire after the lease time and the others
-//! take its partitions, each rebuilt from Postgres and the stream as after a restart.
+//! take its partitions, each rebuilt from Postgres and the stream as after a restart. A
+//! partition whose evaluator fails (NATS or Postgres unreachable while it restores, say) is
+//! released the same way and taken again on a later round, here or elsewhere.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -69,7 +71,7 @@ impl Evaluators {
     }
 
     /// Takes part in evaluation until `shutdown` fires, then hands its partitions over. Fails
-    /// when a partition's evaluator fails with an error a restart would not fix by itself.
+    /// when the lease bucket cannot be opened, or when a partition's evaluator panics.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let kv = topology::ensure_leases_bucket(&self.js, &self.topology.evaluate_leases)
             .await
@@ -146,7 +148,8 @@ struct Round {
 }
 
 impl Round {
-    /// Lets go of partitions whose evaluator ended by itself; fails if one failed.
+    /// Lets go of partitions whose evaluator ended by itself, so that they are taken again on a
+    /// later round; fails if one panicked.
     async fn reap(&mut self, leases: &Leases) -> anyhow::Result<()> {
         let finished: Vec<u32> = self
             .held
@@ -157,10 +160,15 @@ impl Round {
         for partition in finished {
             let held = self.held.remove(&partition).expect("listed above");
             match held.task.await {
-                Ok(Ok(())) => leases.release(partition, held.revision).await,
-                Ok(Err(e)) => return Err(e.context(format!("evaluating partition {partition}"))),
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(
+                    partition,
+                    error = %format!("{e:#}"),
+                    "the partition's evaluator failed; releasing it to be taken again"
+                ),
                 Err(e) => anyhow::bail!("the evaluator of partition {partition} panicked: {e}"),
             }
+            leases.release(partition, held.revision).await;
         }
         Ok(())
     }
