@@ -76,8 +76,13 @@ impl Leases {
                 view.members.push(member.to_owned());
             }
         }
-        for partition in 0..partitions {
-            if let Some(entry) = self.kv.entry(partition_key(partition)).await? {
+        // One round trip for all partitions: a round must stay short on a busy server, since a
+        // dead holder's partitions wait for it.
+        let reads = (0..partitions).map(|partition| async move {
+            (partition, self.kv.entry(partition_key(partition)).await)
+        });
+        for (partition, entry) in futures::future::join_all(reads).await {
+            if let Some(entry) = entry? {
                 if entry.operation == Operation::Put {
                     let owner = String::from_utf8_lossy(&entry.value).into_owned();
                     view.owners.insert(partition, owner);

@@ -246,9 +246,14 @@ impl Round {
 
     /// Renews every lease held; stops the partitions whose lease is gone or may be.
     async fn renew(&mut self, leases: &Leases) {
+        let renewals = self.held.iter().map(|(partition, held)| async move {
+            (*partition, leases.renew(*partition, held.revision).await)
+        });
+        let renewed = futures::future::join_all(renewals).await;
         let mut lost = Vec::new();
-        for (partition, held) in &mut self.held {
-            match leases.renew(*partition, held.revision).await {
+        for (partition, result) in renewed {
+            let held = self.held.get_mut(&partition).expect("renewed above");
+            match result {
                 Ok(revision) => {
                     held.revision = revision;
                     held.renewed = Instant::now();
@@ -258,11 +263,11 @@ impl Round {
                         partition,
                         "the partition's lease was taken by another process; stopping it"
                     );
-                    lost.push(*partition);
+                    lost.push(partition);
                 }
                 Err(RenewError::Unreachable(e)) if held.renewed.elapsed() >= self.ttl / 2 => {
                     tracing::error!(partition, error = %e, "could not renew the partition's lease in time; stopping it");
-                    lost.push(*partition);
+                    lost.push(partition);
                 }
                 Err(RenewError::Unreachable(e)) => {
                     tracing::warn!(partition, error = %e, "could not renew the partition's lease; retrying");
