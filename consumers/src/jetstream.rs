@@ -162,6 +162,16 @@ pub trait BatchHandler {
     fn times_batches(&self) -> bool {
         false
     }
+
+    /// Whether the handler needs every message in stream order, none skipped. A message the
+    /// server delivered but the connection lost (NATS restarted, a pull request gone stale)
+    /// comes back only after `ack_wait`, behind newer ones. For such a handler the loop
+    /// watches the consumer's delivery sequence: at a gap it hands over only the messages
+    /// before it and rebuilds the pull stream, so that
+    /// [`before_pull`](BatchHandler::before_pull) can put the consumer back at its ack floor.
+    fn in_stream_order(&self) -> bool {
+        false
+    }
 }
 
 /// Pulls batches from the durable consumer `name` on `stream` and hands them to `handler` until
@@ -189,8 +199,8 @@ pub async fn run_pull_loop(
             }
             continue;
         }
-        let mut messages = match pull_stream(&stream, name, spec).await {
-            Ok(messages) => messages,
+        let (mut messages, delivered) = match pull_stream(&stream, name, spec).await {
+            Ok(pulled) => pulled,
             Err(e) => {
                 tracing::warn!(consumer = name, error = %e, "cannot pull; re-creating the consumer and retrying");
                 if let Err(e) = topology::ensure_consumer(js, name, spec).await {
@@ -203,6 +213,8 @@ pub async fn run_pull_loop(
                 continue;
             }
         };
+        // The delivery sequence the next message must carry, for handlers that need order.
+        let mut next_delivery = delivered + 1;
         let first_tick = tokio::time::Instant::now() + handler.tick_phase();
         let mut ticks = tokio::time::interval_at(first_tick, Duration::from_secs(1));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -218,9 +230,19 @@ pub async fn run_pull_loop(
             };
             let Some(batch) = batch else { break };
             let mut healthy = true;
+            let mut gap = false;
             let mut received = Vec::with_capacity(batch.len());
             for item in batch {
                 match item {
+                    // Past a gap nothing is handed over: it comes back in order after the rebuild.
+                    Ok(_) if gap => {}
+                    Ok(msg) if handler.in_stream_order() => {
+                        if in_sequence(name, &msg, &mut next_delivery) {
+                            received.push(msg);
+                        } else {
+                            gap = true;
+                        }
+                    }
                     Ok(msg) => received.push(msg),
                     Err(e) => {
                         telemetry::stream_errors(name, error_kind_label(&e));
@@ -246,7 +268,7 @@ pub async fn run_pull_loop(
                     telemetry::batch_duration(name, started.elapsed().as_secs_f64());
                 }
             }
-            if !healthy {
+            if !healthy || gap {
                 break;
             }
         }
@@ -286,19 +308,44 @@ fn redrive_is_for(target: &str, name: &str) -> bool {
     target == name || (target == topology::EVALUATE && topology::evaluate_partition(name).is_some())
 }
 
+/// A pull stream on the consumer, and how many deliveries the consumer had made before it.
 async fn pull_stream(
     stream: &jetstream::stream::Stream,
     name: &str,
     spec: &ConsumerSpec,
-) -> Result<pull::Stream, async_nats::Error> {
+) -> Result<(pull::Stream, u64), async_nats::Error> {
     let consumer = stream.get_consumer::<pull::Config>(name).await?;
-    Ok(consumer
+    let delivered = consumer.cached_info().delivered.consumer_sequence;
+    let messages = consumer
         .stream()
         .max_messages_per_batch(spec.max_batch)
         .heartbeat(Duration::from_secs(5))
         .expires(Duration::from_secs(30))
         .messages()
-        .await?)
+        .await?;
+    Ok((messages, delivered))
+}
+
+/// Whether `msg` is the delivery that was due, with none lost before it; advances `next`. A
+/// delivery sequence lower than due means the server counts again from an older state (it
+/// restarted from its store), which loses nothing.
+fn in_sequence(name: &'static str, msg: &jetstream::Message, next: &mut u64) -> bool {
+    let Ok(info) = msg.info() else {
+        return true;
+    };
+    if info.consumer_sequence > *next {
+        tracing::warn!(
+            consumer = name,
+            expected = *next,
+            delivered = info.consumer_sequence,
+            stream_sequence = info.stream_sequence,
+            "deliveries were lost on the way; rebuilding the pull stream to receive them in order"
+        );
+        telemetry::stream_errors(name, "delivery_gap");
+        return false;
+    }
+    *next = info.consumer_sequence + 1;
+    true
 }
 
 /// Waits for at least one item, then takes whatever else is ready, up to `max`. Returns `None`

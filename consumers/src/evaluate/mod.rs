@@ -17,7 +17,7 @@ pub mod lease;
 pub mod partitions;
 pub mod recovery;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -29,6 +29,7 @@ use schemas::{IncidentTransition, Span};
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::jetstream::{
     ack_all, extend_ack_wait, retry_until_stopped, run_pull_loop, BatchHandler, DeadLetters,
@@ -208,12 +209,15 @@ impl Evaluator {
             crate::announce::services_registered(&self.js.client(), &registered).await;
             self.known_services.extend(new_services);
         }
-        // Openings and resolutions go out now; updates wait for the next tick.
+        // Openings and resolutions go out now, after any a failed tick left behind, so that each
+        // series' transitions stay in order; updates wait for the next tick.
         self.unacked.extend(held);
-        if !self.publish(&transitions, shutdown).await {
+        self.unpublished.extend(transitions);
+        if !self.publish(&self.unpublished, shutdown).await {
             self.interrupted = true;
             return;
         }
+        self.unpublished.clear();
         self.applied_through = last_seq;
         telemetry::late_samples(self.engine.take_late());
         telemetry::samples_evaluated(evaluated);
@@ -358,6 +362,11 @@ impl BatchHandler for Evaluator {
         position_consumer(&self.js, self.consumer, &self.spec, self.applied_through).await
     }
 
+    /// The engine's per-series state depends on stream order.
+    fn in_stream_order(&self) -> bool {
+        true
+    }
+
     /// Partitions tick in turn: a tick closes the windows of every idle series, a burst of work
     /// that would otherwise land on all partitions in the same instant.
     fn tick_phase(&self) -> std::time::Duration {
@@ -447,22 +456,71 @@ async fn consumer_caught_up(js: &jetstream::Context, name: &str) -> bool {
 
 /// Publishes every transition and waits for all acks; any failure fails the whole call, and
 /// the deterministic message ids make publishing them again harmless.
+///
+/// A restarted evaluator trusts the last transition stored for a (rule, series) to cover all
+/// before it, so those must be stored in order with none missing. Messages in flight when the
+/// connection drops are lost, while those queued behind them go out after the reconnect. So a
+/// (rule, series)'s next transition is sent only once its previous one is acknowledged: the
+/// transitions go out in waves, each holding at most one per (rule, series).
 async fn publish_transitions(
     js: &jetstream::Context,
     transitions: &[IncidentTransition],
 ) -> Result<(), async_nats::Error> {
-    let mut acks = Vec::with_capacity(transitions.len());
-    for t in transitions {
-        let publish = PublishMessage::build()
-            .payload(t.to_msgpack().into())
-            .message_id(t.message_id());
-        acks.push(js.send_publish(t.subject(), publish).await?);
-    }
-    for ack in acks {
-        ack.await?;
+    let waves = waves(transitions);
+    let count = waves.iter().max().map_or(0, |last| last + 1);
+    for wave in 0..count {
+        let mut acks = Vec::new();
+        for (t, _) in transitions.iter().zip(&waves).filter(|(_, w)| **w == wave) {
+            let publish = PublishMessage::build()
+                .payload(t.to_msgpack().into())
+                .message_id(t.message_id());
+            acks.push(js.send_publish(t.subject(), publish).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
     }
     for t in transitions {
         telemetry::transitions_published(t.kind.as_str(), 1);
     }
     Ok(())
+}
+
+/// The wave of each transition: how many transitions of its (rule, series) come before it.
+fn waves(transitions: &[IncidentTransition]) -> Vec<usize> {
+    waves_of(
+        transitions
+            .iter()
+            .map(|t| (t.incident.rule_id, t.incident.series_key.as_str())),
+    )
+}
+
+fn waves_of<'a>(keys: impl Iterator<Item = (Uuid, &'a str)>) -> Vec<usize> {
+    let mut before: HashMap<(Uuid, &str), usize> = HashMap::new();
+    keys.map(|key| {
+        let seen = before.entry(key).or_default();
+        *seen += 1;
+        *seen - 1
+    })
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_series_transitions_go_out_one_wave_apart() {
+        let (a, b) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let keys = [
+            (a, "s1"),
+            (a, "s2"),
+            (a, "s1"),
+            (b, "s1"),
+            (a, "s1"),
+            (a, "s2"),
+        ];
+        assert_eq!(waves_of(keys.into_iter()), [0, 0, 1, 0, 2, 1]);
+        assert!(waves_of(std::iter::empty()).is_empty());
+    }
 }
