@@ -41,7 +41,7 @@ fn main() -> std::process::ExitCode {
         println!(
             "\nsearch_meili: SKIPPED all Meilisearch integration tests: no `meilisearch` binary \
              on PATH (or MEILI_BIN) and MEILI_URL is not set. Search against Postgres is tested \
-             by tests/search_postgres.rs.\n"
+             by tests/integration/search_postgres.rs.\n"
         );
         return std::process::ExitCode::SUCCESS;
     };
