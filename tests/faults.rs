@@ -858,8 +858,8 @@ mod injected_fault {
             "the killed evaluator's partitions moved within {moved:?} (lease time {LEASE_SECS} s)"
         );
         // Keys expire 3/4 of the lease time after their last renewal and the others look every
-        // quarter. Half a lease more covers the server's expiry check (up to 0.3 s) and rounds
-        // slowed by a busy machine: four cases at once on 2 cores took up to 4.0 s.
+        // eighth. Half a lease more covers the server's expiry check (up to 0.3 s) and rounds
+        // slowed by a busy machine, as with four cases at once on 2 cores.
         assert!(
             moved <= Duration::from_millis(LEASE_SECS * 1500),
             "the partitions took {moved:?} to move"

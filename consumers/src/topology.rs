@@ -39,7 +39,7 @@ pub struct Topology {
 
 /// The KV bucket of partition leases: a dead evaluator's partitions pass to the others within
 /// `ttl_secs`. Leases are renewed every quarter of it and expire three quarters of it after
-/// their last renewal; the others look every quarter.
+/// their last renewal; the others look every eighth.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaseSpec {

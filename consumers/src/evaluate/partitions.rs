@@ -1,8 +1,9 @@
 //! Which partitions of METRICS this process evaluates, shared with the other evaluate processes
 //! through leases ([`lease`]).
 //!
-//! Every quarter of the lease time the process says it is alive, renews the leases it holds and
-//! reads who holds the rest. Each partition has a preferred owner among the live processes
+//! Every quarter of the lease time the process says it is alive and renews the leases it holds;
+//! every eighth it reads who holds the rest, so that a dead holder's expired leases are taken
+//! soon after they expire. Each partition has a preferred owner among the live processes
 //! (highest random weight within an even share, [`lease::assign`]), so the partitions spread
 //! evenly and a process joining or leaving moves little more than its share:
 //! - a free partition is taken by its preferred owner, or by anyone once it has stayed free for
@@ -99,15 +100,18 @@ impl Evaluators {
         if let Err(e) = leases.heartbeat().await {
             tracing::warn!(error = %e, "could not join the lease bucket yet; retrying");
         }
+        let mut renewing = false;
         let result = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
-                _ = tokio::time::sleep(ttl / 4) => {}
+                _ = tokio::time::sleep(ttl / 8) => {}
             }
             if let Err(e) = round.reap(&leases).await {
                 break Err(e);
             }
-            round.run(&self, &leases, &shutdown).await;
+            // Renewals every other round: every quarter of the lease time.
+            renewing = !renewing;
+            round.run(&self, &leases, &shutdown, renewing).await;
             telemetry::partitions_owned(round.held.len());
         };
         for (partition, held) in std::mem::take(&mut round.held) {
@@ -178,11 +182,14 @@ impl Round {
         evaluators: &Evaluators,
         leases: &Leases,
         shutdown: &CancellationToken,
+        renewing: bool,
     ) {
-        if let Err(e) = leases.heartbeat().await {
-            tracing::warn!(error = %e, "could not say this evaluator is alive");
+        if renewing {
+            if let Err(e) = leases.heartbeat().await {
+                tracing::warn!(error = %e, "could not say this evaluator is alive");
+            }
+            self.renew(leases).await;
         }
-        self.renew(leases).await;
         let partitions = evaluators.topology.partitions();
         let view = match leases.view(partitions).await {
             Ok(view) => view,
