@@ -13,8 +13,8 @@
 //! - a partition whose lease was taken elsewhere, or could not be renewed for half the lease
 //!   time, is stopped at once.
 //!
-//! A process that dies stops renewing; its leases expire after the lease time and the others
-//! take its partitions, each rebuilt from Postgres and the stream as after a restart. A
+//! A process that dies stops renewing; its leases expire three quarters of the lease time after
+//! their last renewal and the others take its partitions, each rebuilt from Postgres and the stream as after a restart. A
 //! partition whose evaluator fails (NATS or Postgres unreachable while it restores, say) is
 //! released the same way and taken again on a later round, here or elsewhere.
 
